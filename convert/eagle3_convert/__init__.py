@@ -1,0 +1,10 @@
+"""EAGLE-3 head conversion to llama.cpp's `eagle3` GGUF, and the reference EAGLE-3 math.
+
+Importable without llama-cpp-python: the converter, the checkpoint readers and the
+NumPy reference (`eagle3_convert.reference`) only need NumPy and `gguf`.
+"""
+
+from .errors import ConversionError
+from .head import Eagle3Config, Eagle3Head
+
+__all__ = ["ConversionError", "Eagle3Config", "Eagle3Head"]

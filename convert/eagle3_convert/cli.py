@@ -1,0 +1,81 @@
+"""convert-eagle3-gguf: an HF EAGLE-3 head -> llama.cpp `eagle3` GGUF.
+
+    convert-eagle3-gguf path/to/hf-head --target model.gguf --outfile head.gguf [--outtype f16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import ConversionError
+from .gguf_io import read_head_gguf, write_head_gguf
+from .head import Eagle3Head, check_against_target
+from .layouts import load_hf_head
+from .reference import decode, encode
+from .target import load_target
+
+
+def reference_roundtrip(original: Eagle3Head, written: Eagle3Head, n: int = 8, seed: int = 0) -> float:
+    """Max relative difference of the reference outputs of the two heads on random inputs."""
+    rng = np.random.default_rng(seed)
+    c = original.config
+    f = rng.standard_normal((n, 3 * c.target_hidden_size))
+    emb = rng.standard_normal((n, c.hidden_size))
+    lm = None if original.lm_head is not None else rng.standard_normal((c.draft_vocab_size, c.hidden_size))
+    out = []
+    for head in (original, written):
+        g = encode(head, f)
+        logits, h = decode(head, emb, g, np.arange(n), lm_head=lm)
+        out.append((g, logits, h))
+    return max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)) for a, b in zip(*out))
+
+
+def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", convention: Optional[str] = None,
+            target_layers: Optional[list[int]] = None, log=print) -> Eagle3Head:
+    tgt = load_target(target)
+    head = load_hf_head(head_path, tgt, convention, target_layers)  # type: ignore[arg-type]
+    check_against_target(head.config, tgt, head.embed_tokens is not None)
+    log(f"layout: {head.extra['layout']}; target layers {list(head.config.target_layers)} "
+        f"(llama.cpp 'input of layer' ids): {head.extra['layer_ids']}")
+    log(f"target: {tgt.arch}, {tgt.n_layer} layers, hidden {tgt.n_embd}, vocab {tgt.n_vocab}; head hidden "
+        f"{head.config.hidden_size}, draft vocab {head.config.draft_vocab_size}"
+        f"{'' if head.lm_head is not None else ' (shares the target lm_head)'}"
+        f"{'' if head.embed_tokens is not None else ', shares the target token embedding'}")
+    write_head_gguf(head, tgt, outfile, outtype)  # type: ignore[arg-type]
+    err = reference_roundtrip(head, read_head_gguf(outfile))  # type: ignore[arg-type]
+    limit = {"f32": 1e-5, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}[outtype]
+    log(f"reference check ({outtype}): max relative difference {err:.2e} (limit {limit:.0e})")
+    if err > limit:
+        raise ConversionError(f"{outfile}: the written head deviates from the checkpoint by {err:.2e}")
+    log(f"wrote {outfile}")
+    return head
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="convert-eagle3-gguf", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("head", type=Path, help="HF head directory (config.json + safetensors/bin) or weights file")
+    p.add_argument("--target", required=True, help="the target model: its GGUF file or HF directory")
+    p.add_argument("--outfile", type=Path, required=True)
+    p.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16")
+    p.add_argument("--layer-convention", choices=["input", "output"], default=None,
+                   help="how the head's eagle_aux_hidden_state_layer_ids count: 'input' of layer i (vLLM, "
+                        "speculators) or 'output' of layer i (SpecForge, AngelSlim); default: detected")
+    p.add_argument("--target-layers", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="override the three capture layers, e.g. 2,16,29 (in --layer-convention, default input)")
+    a = p.parse_args(argv)
+    try:
+        convert(a.head, a.target, a.outfile, a.outtype, a.layer_convention, a.target_layers)
+    except ConversionError as e:
+        print(f"convert-eagle3-gguf: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Eagle3Head <-> llama.cpp `eagle3` GGUF (the schema of llama.cpp 0c1e57098).
+
+Conventions of the file:
+  - matrices are stored [out, in] (ggml ne = {in, out}); q/k rows are permuted like
+    llama GGUFs because eagle3 uses RoPE type NORM;
+  - d2t holds ABSOLUTE target ids as I64; t2d is not stored;
+  - the target's tokenizer keys are copied (llama.cpp needs the vocabulary);
+  - eagle3.target_layers uses the "input of layer" convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from .errors import ConversionError
+from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
+from .reference import rope_factors
+from .target import TargetInfo, gguf_metadata, open_gguf
+
+ARCH = "eagle3"
+OutType = Literal["f32", "f16", "bf16", "q8_0"]
+
+# canonical field -> GGUF tensor name
+TENSOR_NAMES = {
+    "fc": "fc.weight",
+    "enc_norm": "enc.output_norm.weight",
+    "input_layernorm": "blk.0.attn_norm.weight",
+    "hidden_norm": "blk.0.attn_norm_2.weight",
+    "q_proj": "blk.0.attn_q.weight",
+    "k_proj": "blk.0.attn_k.weight",
+    "v_proj": "blk.0.attn_v.weight",
+    "o_proj": "blk.0.attn_output.weight",
+    "post_attention_layernorm": "blk.0.ffn_norm.weight",
+    "gate_proj": "blk.0.ffn_gate.weight",
+    "up_proj": "blk.0.ffn_up.weight",
+    "down_proj": "blk.0.ffn_down.weight",
+    "norm": "output_norm.weight",
+    "lm_head": "output.weight",
+    "embed_tokens": "token_embd.weight",
+    "d2t": "d2t",
+}
+_MATRICES = {"fc", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens"}
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rows -> llama.cpp NORM (interleaved pairs) rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _encode_tensor(name: str, w: np.ndarray, outtype: OutType) -> tuple[np.ndarray, Any]:
+    import gguf
+
+    if name not in _MATRICES or outtype == "f32":
+        return np.ascontiguousarray(w, dtype=np.float32), None
+    if outtype == "f16":
+        return np.ascontiguousarray(w, dtype=np.float16), None
+    qtype = gguf.GGMLQuantizationType.BF16 if outtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
+    if outtype == "q8_0" and w.shape[-1] % 32:
+        return np.ascontiguousarray(w, dtype=np.float16), None  # Q8_0 needs rows of 32k values
+    return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype), qtype
+
+
+def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype: OutType = "f16",
+                    name: str = "EAGLE-3 head") -> None:
+    import gguf
+
+    head.validate()
+    c = head.config
+    w = gguf.GGUFWriter(str(outfile), ARCH)
+    w.add_string("general.name", name)
+    w.add_uint32(f"{ARCH}.context_length", c.max_position_embeddings)
+    w.add_uint32(f"{ARCH}.embedding_length", c.hidden_size)
+    w.add_uint32(f"{ARCH}.feed_forward_length", c.intermediate_size)
+    w.add_uint32(f"{ARCH}.block_count", 1)
+    w.add_uint32(f"{ARCH}.attention.head_count", c.num_attention_heads)
+    w.add_uint32(f"{ARCH}.attention.head_count_kv", c.num_key_value_heads)
+    w.add_uint32(f"{ARCH}.attention.key_length", c.head_dim)
+    w.add_uint32(f"{ARCH}.attention.value_length", c.head_dim)
+    w.add_uint32(f"{ARCH}.rope.dimension_count", c.head_dim)
+    w.add_float32(f"{ARCH}.rope.freq_base", c.rope_theta)
+    w.add_float32(f"{ARCH}.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
+    w.add_uint32(f"{ARCH}.vocab_size", c.vocab_size)
+    w.add_array(f"{ARCH}.target_layers", [int(i) for i in c.target_layers])
+    w.add_uint32(f"{ARCH}.target_hidden_size", c.target_hidden_size)
+    w.add_bool(f"{ARCH}.norm_before_residual", c.norm_before_residual)
+    w.add_bool(f"{ARCH}.norm_before_fc", c.norm_before_fc)
+    w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[outtype])
+    for key, value in target.tokenizer.items():
+        if isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_string(key, str(value))
+
+    for field_name, tensor_name in TENSOR_NAMES.items():
+        t = getattr(head, field_name)
+        if t is None:
+            continue
+        if field_name == "d2t":
+            w.add_tensor(tensor_name, np.ascontiguousarray(t, dtype=np.int64))
+            continue
+        if field_name == "q_proj":
+            t = permute_qk(t, c.num_attention_heads)
+        elif field_name == "k_proj":
+            t = permute_qk(t, c.num_key_value_heads)
+        data, raw = _encode_tensor(field_name, t, outtype)
+        w.add_tensor(tensor_name, data, raw_dtype=raw)
+    f = rope_factors(c)
+    if f is not None:
+        w.add_tensor("rope_freqs.weight", f.astype(np.float32))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) -> Eagle3Config:
+    if meta.get("general.architecture") != ARCH:
+        raise ConversionError(f"{path}: general.architecture is {meta.get('general.architecture')!r}, not "
+                              f"'eagle3': this file is not an EAGLE-3 head (convert one with convert-eagle3-gguf)")
+
+    def get(key: str) -> Any:
+        full = f"{ARCH}.{key}"
+        if full not in meta:
+            raise ConversionError(f"{path}: EAGLE-3 GGUF lacks key {full}")
+        return meta[full]
+
+    layers = get("target_layers")
+    if not isinstance(layers, list) or len(layers) != 3:
+        raise ConversionError(f"{path}: key {ARCH}.target_layers must hold three layer ids, got {layers!r}")
+    hd = int(get("embedding_length"))
+    n_head = int(get("attention.head_count"))
+    n_vocab = int(meta.get(f"{ARCH}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", [])))
+    return Eagle3Config(
+        hidden_size=hd,
+        intermediate_size=int(get("feed_forward_length")),
+        num_attention_heads=n_head,
+        num_key_value_heads=int(meta.get(f"{ARCH}.attention.head_count_kv", n_head)),
+        head_dim=int(meta.get(f"{ARCH}.attention.key_length", hd // max(n_head, 1))),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta.get(f"{ARCH}.rope.freq_base", 10000.0)),
+        target_hidden_size=int(get("target_hidden_size")),
+        vocab_size=n_vocab,
+        draft_vocab_size=draft_vocab_size or n_vocab,
+        target_layers=(int(layers[0]), int(layers[1]), int(layers[2])),
+        max_position_embeddings=int(meta.get(f"{ARCH}.context_length", 4096)),
+        norm_before_residual=bool(meta.get(f"{ARCH}.norm_before_residual", False)),
+        norm_before_fc=bool(meta.get(f"{ARCH}.norm_before_fc", False)),
+    )
+
+
+def _dequantize(t: Any) -> np.ndarray:
+    import gguf
+
+    if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                         gguf.GGMLQuantizationType.I64, gguf.GGMLQuantizationType.I32):
+        a = np.asarray(t.data)
+    else:
+        a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    return a.reshape(shape)
+
+
+def read_head_gguf(path: Path, load_weights: bool = True) -> Eagle3Head | Eagle3Config:
+    """The head in a GGUF file: its config only, or config and weights (q/k un-permuted)."""
+    path = Path(path)
+    reader = open_gguf(path)
+    meta = gguf_metadata(reader)
+    by_name = {t.name: t for t in reader.tensors}
+    d2t = by_name.get("d2t")
+    config = read_head_config(meta, path, int(d2t.shape[0]) if d2t is not None else 0)
+    if not load_weights:
+        return config
+    tensors: dict[str, np.ndarray] = {}
+    for field_name, tensor_name in TENSOR_NAMES.items():
+        t = by_name.get(tensor_name)
+        if t is not None:
+            tensors[field_name] = _dequantize(t)
+    required = set(TENSOR_NAMES) - {"enc_norm", "lm_head", "embed_tokens", "d2t"}
+    missing = sorted(TENSOR_NAMES[k] for k in required - set(tensors))
+    if missing:
+        raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor(s) {', '.join(missing)}")
+    for k in tensors:
+        if k != "d2t":
+            tensors[k] = tensors[k].astype(np.float32)
+    tensors["q_proj"] = unpermute_qk(tensors["q_proj"], config.num_attention_heads)
+    tensors["k_proj"] = unpermute_qk(tensors["k_proj"], config.num_key_value_heads)
+    if "d2t" in tensors:
+        tensors["d2t"] = tensors["d2t"].astype(np.int64)
+    head = Eagle3Head(config=config, **tensors)
+    head.validate()
+    return head
+
+
+@dataclass
+class HeadFile:
+    """What the runtime needs from a head GGUF, checked without loading the weights."""
+    config: Eagle3Config
+    d2t: Optional[np.ndarray]
+    has_embed_tokens: bool
+    has_lm_head: bool
+
+
+def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
+    """Raises ConversionError naming the key or tensor that makes the file unusable with this target."""
+    path = Path(path)
+    reader = open_gguf(path)
+    meta = gguf_metadata(reader)
+    by_name = {t.name: t for t in reader.tensors}
+    d2t_t = by_name.get("d2t")
+    config = read_head_config(meta, path, int(d2t_t.shape[0]) if d2t_t is not None else 0)
+    shapes = expected_shapes(config)
+    for field_name, tensor_name in TENSOR_NAMES.items():
+        t = by_name.get(tensor_name)
+        if t is None:
+            if field_name not in ("enc_norm", "lm_head", "embed_tokens", "d2t"):
+                raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor {tensor_name}")
+            continue
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        if shape != shapes[field_name]:
+            raise ConversionError(f"{path}: tensor {tensor_name} has shape {shape}, expected {shapes[field_name]}")
+    if config.norm_before_fc and "enc.output_norm.weight" not in by_name:
+        raise ConversionError(f"{path}: norm_before_fc is set but tensor enc.output_norm.weight is missing")
+    d2t = None
+    if d2t_t is not None:
+        import gguf
+
+        if d2t_t.tensor_type != gguf.GGMLQuantizationType.I64:
+            raise ConversionError(f"{path}: tensor d2t must be I64 (absolute target ids), got {d2t_t.tensor_type.name}")
+        d2t = np.asarray(d2t_t.data).astype(np.int64).reshape(-1)
+        if len(d2t) and (d2t.min() < 0 or d2t.max() >= target.n_vocab):
+            raise ConversionError(f"{path}: tensor d2t maps to target ids {int(d2t.min())}..{int(d2t.max())}, "
+                                  f"outside the {target.n_vocab} tokens of the target")
+        if len(np.unique(d2t)) != len(d2t):
+            raise ConversionError(f"{path}: tensor d2t maps two draft ids to the same target id")
+    elif "output.weight" in by_name and config.draft_vocab_size != config.vocab_size:
+        raise ConversionError(f"{path}: no d2t but a reduced output.weight")
+    has_embed = "token_embd.weight" in by_name
+    check_against_target(config, target, has_embed)
+    return HeadFile(config=config, d2t=d2t, has_embed_tokens=has_embed, has_lm_head="output.weight" in by_name)

@@ -1,0 +1,210 @@
+#include "head_runner.h"
+
+#include "llama.h"
+#include "llama_ext_api.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+HeadRunner::HeadRunner(const HeadParams & p, std::vector<int32_t> draft_to_target) : d2t_(std::move(draft_to_target)) {
+    llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = p.n_gpu_layers;
+    model_ = llama_model_load_from_file(p.path.c_str(), mparams);
+    if (model_ == nullptr) {
+        throw std::runtime_error("llama.cpp could not load the EAGLE-3 head " + p.path);
+    }
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = (uint32_t) p.n_ctx;
+    cparams.n_batch = (uint32_t) p.n_batch;
+    cparams.n_ubatch = (uint32_t) p.n_batch;
+    cparams.n_seq_max = 1;
+    cparams.n_threads = p.n_threads;
+    cparams.n_threads_batch = p.n_threads_batch;
+    cparams.ctx_other = p.target_ctx;
+    cparams.no_perf = true;
+    ctx_ = llama_init_from_model(model_, cparams);
+    if (ctx_ == nullptr) {
+        llama_model_free(model_);
+        throw std::runtime_error("llama.cpp could not create a context for the EAGLE-3 head " + p.path);
+    }
+    // pre-norm hidden states: the encoder's g and the decoder's h, for output rows only
+    llama_set_embeddings_nextn(ctx_, true, /*masked=*/true);
+    batch_ = llama_batch_ext_init(ctx_);
+
+    n_embd_ = llama_model_n_embd(model_);
+    n_embd_enc_ = (int32_t) llama_model_target_layer_ids_n(model_) * llama_model_n_embd(llama_get_model(p.target_ctx));
+    n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(model_));
+    n_ctx_ = (int32_t) llama_n_ctx(ctx_);
+    n_batch_ = (int32_t) llama_n_batch(ctx_);
+    for (int32_t t : d2t_) {
+        if (t < 0 || t >= n_vocab_) {
+            throw std::invalid_argument("d2t maps to target id " + std::to_string(t) + " outside the vocabulary");
+        }
+    }
+}
+
+HeadRunner::~HeadRunner() {
+    if (batch_) llama_batch_ext_free(batch_);
+    if (ctx_) llama_free(ctx_);
+    if (model_) llama_model_free(model_);
+}
+
+std::vector<int32_t> HeadRunner::target_layers() const {
+    const int32_t * ids = llama_model_target_layer_ids(model_);
+    return std::vector<int32_t>(ids, ids + llama_model_target_layer_ids_n(model_));
+}
+
+void HeadRunner::process(int type, const char * what) {
+    const int32_t rc = llama_process(ctx_, (llama_process_type) type, batch_);
+    if (rc != 0) {
+        throw std::runtime_error(std::string("EAGLE-3 head ") + what + " failed (llama_process returned " +
+                                 std::to_string(rc) + ")");
+    }
+}
+
+void HeadRunner::encode(const float * features, int64_t n, std::vector<float> & g) {
+    g.resize((size_t) n * n_embd_);
+    // the encoder is per-token: chunk freely; positions are placeholders
+    for (int64_t i = 0; i < n; i += n_batch_) {
+        const int64_t m = std::min<int64_t>(n_batch_, n - i);
+        llama_batch_ext_clear(batch_);
+        for (int64_t j = 0; j < m; ++j) {
+            llama_embd e = {features + (size_t) (i + j) * n_embd_enc_, 1, (size_t) n_embd_enc_};
+            const int32_t idx = llama_batch_ext_add_embd(batch_, 0, e);
+            const llama_pos pos = (llama_pos) j;
+            if (idx < 0 || !llama_batch_ext_set_pos(batch_, idx, &pos) ||
+                !llama_batch_ext_set_output_logits(batch_, idx, true)) {
+                throw std::runtime_error("could not build the EAGLE-3 encoder batch");
+            }
+        }
+        process(LLAMA_PROCESS_TYPE_ENCODE, "encode");
+        const float * out = llama_get_embeddings_nextn(ctx_);
+        if (out == nullptr) {
+            throw std::runtime_error("EAGLE-3 encoder produced no output");
+        }
+        std::memcpy(g.data() + (size_t) i * n_embd_, out, (size_t) m * n_embd_ * sizeof(float));
+    }
+}
+
+void HeadRunner::truncate(int32_t pos) {
+    llama_memory_seq_rm(llama_get_memory(ctx_), 0, std::max<int32_t>(pos, 0), -1);
+}
+
+// Decodes the pairs in n_batch chunks; outputs the last row (or every row).
+void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, bool all_outputs) {
+    if (pos0 < 0 || pos0 + n > n_ctx_) {
+        throw std::out_of_range("EAGLE-3 head positions [" + std::to_string(pos0) + ", " + std::to_string(pos0 + n) +
+                                ") exceed its context of " + std::to_string(n_ctx_));
+    }
+    if (all_outputs && n > n_batch_) {
+        throw std::invalid_argument("forward() takes at most n_batch rows");
+    }
+    truncate(pos0);
+    for (int64_t i = 0; i < n; i += n_batch_) {
+        const int64_t m = std::min<int64_t>(n_batch_, n - i);
+        llama_batch_ext_clear(batch_);
+        for (int64_t j = 0; j < m; ++j) {
+            const int64_t r = i + j;
+            if (tokens[r] < 0 || tokens[r] >= n_vocab_) {
+                throw std::invalid_argument("token id " + std::to_string(tokens[r]) + " outside the vocabulary");
+            }
+            const int32_t idx = llama_batch_ext_add_token(batch_, 0, tokens[r]);
+            const llama_pos pos = pos0 + (llama_pos) r;
+            llama_embd e = {g + (size_t) r * n_embd_, 1, (size_t) n_embd_};
+            if (idx < 0 || !llama_batch_ext_set_pos(batch_, idx, &pos) || !llama_batch_ext_set_embd_token(batch_, idx, e)) {
+                throw std::runtime_error("could not build the EAGLE-3 decoder batch");
+            }
+            if (all_outputs || r == n - 1) {
+                llama_batch_ext_set_output_logits(batch_, idx, true);
+            }
+        }
+        process(LLAMA_PROCESS_TYPE_DECODE, "decode");
+    }
+}
+
+void HeadRunner::extend(const int32_t * tokens, const float * g, int64_t n, int32_t pos0) {
+    if (n > 0) {
+        decode_pairs(tokens, g, n, pos0, false);
+    } else {
+        truncate(pos0);
+    }
+}
+
+// Top-1 over the draft vocabulary and its softmax probability within it.
+int32_t HeadRunner::top1(int32_t batch_idx, float & prob) const {
+    const float * logits = llama_get_logits_ith(ctx_, batch_idx);
+    if (logits == nullptr) {
+        throw std::runtime_error("EAGLE-3 head produced no logits");
+    }
+    const int32_t n = d2t_.empty() ? n_vocab_ : (int32_t) d2t_.size();
+    auto id = [&](int32_t i) { return d2t_.empty() ? i : d2t_[i]; };
+    int32_t best = 0;
+    float best_logit = logits[id(0)];
+    for (int32_t i = 1; i < n; ++i) {
+        const float l = logits[id(i)];
+        if (l > best_logit) {
+            best_logit = l;
+            best = i;
+        }
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) {
+        sum += std::exp((double) (logits[id(i)] - best_logit));
+    }
+    prob = (float) (1.0 / sum);
+    return id(best);
+}
+
+DraftResult HeadRunner::draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int32_t n_max,
+                              float p_min) {
+    DraftResult res;
+    if (n <= 0) {
+        throw std::invalid_argument("draft() needs at least one (token, g) pair");
+    }
+    n_max = std::min<int32_t>(n_max, n_ctx_ - (pos0 + (int32_t) n));
+    decode_pairs(tokens, g, n, pos0, false);
+    int32_t pos = pos0 + (int32_t) n;
+    int32_t row = -1;  // the last output row of the latest decode
+    std::vector<float> h(n_embd_);
+    while ((int32_t) res.tokens.size() < n_max) {
+        float p = 0.0f;
+        const int32_t t = top1(row, p);
+        if (p < p_min) {
+            break;
+        }
+        res.tokens.push_back(t);
+        res.probs.push_back(p);
+        if ((int32_t) res.tokens.size() == n_max) {
+            break;
+        }
+        const float * prenorm = llama_get_embeddings_nextn_ith(ctx_, row);
+        if (prenorm == nullptr) {
+            throw std::runtime_error("EAGLE-3 head produced no pre-norm state");
+        }
+        std::memcpy(h.data(), prenorm, (size_t) n_embd_ * sizeof(float));
+        decode_pairs(&t, h.data(), 1, pos, false);
+        ++pos;
+    }
+    return res;
+}
+
+void HeadRunner::forward(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, std::vector<float> & logits,
+                         std::vector<float> & prenorm) {
+    decode_pairs(tokens, g, n, pos0, true);
+    const int32_t nd = d2t_.empty() ? n_vocab_ : (int32_t) d2t_.size();
+    logits.resize((size_t) n * nd);
+    prenorm.resize((size_t) n * n_embd_);
+    for (int64_t r = 0; r < n; ++r) {
+        const float * l = llama_get_logits_ith(ctx_, (int32_t) r);
+        const float * h = llama_get_embeddings_nextn_ith(ctx_, (int32_t) r);
+        if (l == nullptr || h == nullptr) {
+            throw std::runtime_error("EAGLE-3 head produced no output for row " + std::to_string(r));
+        }
+        for (int32_t i = 0; i < nd; ++i) {
+            logits[(size_t) r * nd + i] = l[d2t_.empty() ? i : d2t_[i]];
+        }
+        std::memcpy(prenorm.data() + (size_t) r * n_embd_, h, (size_t) n_embd_ * sizeof(float));
+    }
+}

@@ -1,0 +1,85 @@
+// The EAGLE-3 head in a llama.cpp context of its own ("where drafts are made").
+//
+// The head GGUF (arch "eagle3") has two graphs: ENCODE runs fc over the three
+// concatenated target states, f[P] = [low|mid|high] (3*Ht) -> g[P] (Hd); DECODE runs
+// the one-layer decoder over (token, g) pairs and outputs logits over the target
+// vocabulary (-inf outside the draft vocabulary when the head has d2t) and the
+// pre-norm hidden state h.
+//
+// Pairing convention (the same as llama.cpp's common/speculative.cpp):
+//   at head KV position P the decoder consumes (token[P+1], g[P]) with RoPE position P.
+//   The pair for the last target position is therefore deferred until the token after
+//   it is known (the target's next sampled token). A chain draft step then feeds
+//   (draft token d_k, h of the previous step) at the next position.
+//
+// KV invariant kept by the caller: positions [0, n_valid) hold pairs built from true
+// target features; everything from n_valid on is speculative and is dropped
+// (seq_rm) by the next extend()/draft() call that starts at n_valid.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+struct llama_context;
+struct llama_model;
+struct llama_batch_ext;
+
+struct HeadParams {
+    std::string path;
+    llama_context * target_ctx = nullptr;  // supplies tok_embd / lm_head when the head has none
+    int32_t n_ctx = 0;
+    int32_t n_batch = 512;
+    int32_t n_threads = 1;
+    int32_t n_threads_batch = 1;
+    int32_t n_gpu_layers = 0;
+};
+
+struct DraftResult {
+    std::vector<int32_t> tokens;  // target vocabulary ids
+    std::vector<float>   probs;   // head's probability of each, within the draft vocabulary
+};
+
+class HeadRunner {
+public:
+    // draft_to_target: absolute target id of every draft id (empty: the draft vocabulary
+    // is the target vocabulary).
+    HeadRunner(const HeadParams & params, std::vector<int32_t> draft_to_target);
+    ~HeadRunner();
+    HeadRunner(const HeadRunner &) = delete;
+    HeadRunner & operator=(const HeadRunner &) = delete;
+
+    int32_t n_embd() const { return n_embd_; }          // Hd
+    int32_t n_embd_enc() const { return n_embd_enc_; }  // 3 * Ht
+    int32_t n_ctx() const { return n_ctx_; }
+    std::vector<int32_t> target_layers() const;
+
+    // features [n, 3*Ht] -> g [n, Hd]
+    void encode(const float * features, int64_t n, std::vector<float> & g);
+
+    // Writes pairs (tokens[i], g[i]) at positions pos0 + i, dropping KV from pos0 on.
+    void extend(const int32_t * tokens, const float * g, int64_t n, int32_t pos0);
+
+    // extend() with the last pair's outputs kept, then up to n_max chain steps; stops
+    // early when the head's top-1 probability falls below p_min.
+    DraftResult draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
+                      int32_t n_max, float p_min);
+
+    // Every row's draft-vocabulary logits [n, Vd] and pre-norm state [n, Hd] for pairs at
+    // pos0 + i (reference checks; KV from pos0 on is replaced).
+    void forward(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
+                 std::vector<float> & logits, std::vector<float> & prenorm);
+
+    void truncate(int32_t pos);  // drop KV positions >= pos
+
+private:
+    void decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, bool all_outputs);
+    void process(int type, const char * what);
+    int32_t top1(int32_t batch_idx, float & prob) const;
+
+    llama_model *        model_ = nullptr;
+    llama_context *      ctx_   = nullptr;
+    llama_batch_ext *    batch_ = nullptr;
+    std::vector<int32_t> d2t_;
+    int32_t n_embd_ = 0, n_embd_enc_ = 0, n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
+};

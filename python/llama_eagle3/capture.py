@@ -1,0 +1,69 @@
+"""Choosing and installing the target hidden-state capture (see csrc/hidden_capture.h)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Literal, Sequence
+
+import numpy as np
+
+from ._native import core, llama_cpp
+
+CaptureMode = Literal["auto", "hook", "builtin"]
+
+# Architectures whose llama.cpp graph (the version pinned in _native) records every
+# layer's input in t_layer_inp, so llama_set_embeddings_layer_inp works for them.
+# Asking any other architecture aborts the process; they use the graph hook.
+BUILTIN_ARCHS = frozenset({"llama", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "gpt-oss", "gemma4"})
+
+
+class FeatureCapture:
+    """The three target states of every position the target decodes.
+
+    rows(n) after a llama_decode of n tokens returns [n, 3*Ht]: low|mid|high, in the
+    llama.cpp "input of layer" convention of `layer_ids`.
+    """
+
+    def __init__(self, arch: str, layer_ids: Sequence[int], n_embd: int, n_layer: int, mode: CaptureMode = "auto"):
+        bad = [i for i in layer_ids if not 1 <= i <= n_layer - 1]
+        if bad:
+            raise ValueError(f"capture layer ids {list(layer_ids)}: {bad} outside 1..{n_layer - 1} for a target "
+                             f"with {n_layer} layers")
+        if mode == "builtin" and arch not in BUILTIN_ARCHS:
+            raise ValueError(f"llama.cpp's built-in layer extraction does not support architecture '{arch}'; "
+                             f"use eagle3_capture='hook' (or 'auto')")
+        if mode not in ("auto", "hook", "builtin"):
+            raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {mode!r}")
+        self.mode: str = mode if mode != "auto" else ("builtin" if arch in BUILTIN_ARCHS else "hook")
+        self.layer_ids = [int(i) for i in layer_ids]
+        self.n_embd = n_embd
+        self._hook = core.HookCapture(self.layer_ids, n_embd) if self.mode == "hook" else None
+
+    @property
+    def needs_context_params(self) -> bool:
+        return self._hook is not None
+
+    def install_params(self, params: "llama_cpp.llama_context_params") -> None:
+        """Puts the graph hook into context params (before the context is created)."""
+        assert self._hook is not None
+        params.cb_eval = ctypes.cast(ctypes.c_void_p(core.HookCapture.callback_address),
+                                     llama_cpp.ggml_backend_sched_eval_callback)
+        params.cb_eval_user_data = ctypes.c_void_p(self._hook.user_data_address)
+
+    def attach(self, ctx_address: int) -> None:
+        """Turns on built-in extraction in a created context."""
+        if self.mode == "builtin":
+            core.builtin_enable(ctx_address, self.layer_ids)
+        self._ctx = ctx_address
+
+    def begin(self) -> None:
+        if self._hook is not None:
+            self._hook.begin()
+
+    def rows(self, n: int) -> np.ndarray:
+        if self._hook is not None:
+            out = self._hook.take()
+            if out.shape[0] != n:
+                raise RuntimeError(f"hidden-state hook captured {out.shape[0]} rows for a decode of {n} tokens")
+            return out
+        return core.builtin_read(self._ctx, self.layer_ids, self.n_embd, n)

@@ -1,0 +1,305 @@
+"""llama_eagle3.Llama: llama_cpp.Llama whose generation is EAGLE-3 speculative.
+
+The engine owns the target's KV state. It keeps llama-cpp-python's invariant
+(the target KV holds exactly input_ids[:n_tokens]) and adds the proposer's
+(features of every target position are in the head's KV or pending; see
+proposer.py). A round:
+
+    pending  = tokens to evaluate, [t_n] in steady state (t_n: the last sampled token)
+    drafts   = proposer.propose(t_n)                        # d_1..d_K, K may be 0
+    decode   [t_n, d_1..d_K] at positions n..n+K             # ONE target decode, logits on every row
+    commit   accept_chain(sample row i, drafts)              # y_0..y_a, a drafts accepted
+    rollback target KV to n+a+1; hand features of n..n+a to the proposer
+    yield    y_0..y_a; the next round evaluates [y_a]
+
+Everything that changes the KV (prefix reuse, reset, load_state, eval) goes
+through methods that keep both invariants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import time
+import warnings
+from pathlib import Path
+from typing import Generator, Optional, Sequence, Union
+
+import numpy as np
+
+from ._native import core, llama_cpp
+from .capture import CaptureMode, FeatureCapture
+from .proposer import Eagle3Proposer
+from .stats import SpeculativeStats
+from .verifier import accept_chain
+
+from eagle3_convert.errors import ConversionError
+from eagle3_convert.gguf_io import check_head_gguf
+from eagle3_convert.target import TargetInfo
+
+import llama_cpp._internals as internals
+from llama_cpp.llama import LogitsProcessorList, StoppingCriteriaList
+from llama_cpp.llama_grammar import LlamaGrammar
+
+
+def _address(handle: object) -> int:
+    if isinstance(handle, int):
+        return handle
+    value = ctypes.cast(handle, ctypes.c_void_p).value
+    if not value:
+        raise RuntimeError("llama.cpp handle is null")
+    return value
+
+
+class Llama(llama_cpp.Llama):
+    """A drop-in llama_cpp.Llama; with eagle3_head it decodes speculatively and losslessly.
+
+    Args (besides every llama_cpp.Llama argument):
+        eagle3_head: path of an EAGLE-3 head GGUF (convert-eagle3-gguf makes one).
+        eagle3_draft_max: longest chain drafted per round.
+        eagle3_p_min: stop a chain when the head's top-1 probability falls below this.
+        eagle3_capture: "auto" (llama.cpp's built-in extraction where the architecture has it,
+            otherwise the graph hook), "hook" or "builtin".
+    """
+
+    def __init__(self, model_path: str, *args, eagle3_head: Optional[Union[str, Path]] = None,
+                 eagle3_draft_max: int = 3, eagle3_p_min: float = 0.5, eagle3_capture: CaptureMode = "auto",
+                 **kwargs):
+        self._spec: Optional[Eagle3Proposer] = None
+        self._capture: Optional[FeatureCapture] = None
+        self._stats = SpeculativeStats()
+        if eagle3_draft_max < 0:
+            raise ValueError(f"eagle3_draft_max must be >= 0, got {eagle3_draft_max}")
+        if not 0.0 <= eagle3_p_min <= 1.0:
+            raise ValueError(f"eagle3_p_min must be in [0, 1], got {eagle3_p_min}")
+        self.eagle3_draft_max = eagle3_draft_max
+        self.eagle3_p_min = eagle3_p_min
+        head_path = Path(eagle3_head) if eagle3_head is not None else None
+        if head_path is not None and not head_path.is_file():
+            raise ValueError(f"EAGLE-3 head does not exist: {head_path}")
+        super().__init__(model_path, *args, **kwargs)
+        if head_path is not None:
+            self._attach_head(head_path, eagle3_capture)
+
+    # ---- set-up ---------------------------------------------------------------------
+
+    def _target_info(self) -> TargetInfo:
+        m = self._model.model
+        return TargetInfo(arch=str(self.metadata.get("general.architecture", "unknown")),
+                          n_layer=int(llama_cpp.llama_model_n_layer(m)), n_embd=int(llama_cpp.llama_model_n_embd(m)),
+                          n_vocab=self._n_vocab, source=self.model_path)
+
+    def _attach_head(self, path: Path, capture_mode: CaptureMode) -> None:
+        if self.draft_model is not None:
+            raise ValueError("eagle3_head and draft_model cannot be combined")
+        target = self._target_info()
+        try:
+            head = check_head_gguf(path, target)
+        except ConversionError as e:
+            raise ValueError(f"EAGLE-3 head {path} cannot be used with {self.model_path}: {e}") from None
+        if self._is_recurrent or self._is_hybrid:
+            warnings.warn(f"{target.arch} is a recurrent/hybrid model: its state cannot be rolled back per token, "
+                          f"so speculation is off and generation is plain", stacklevel=3)
+            return
+        capture = FeatureCapture(target.arch, head.config.target_layers, target.n_embd, target.n_layer, capture_mode)
+        if capture.needs_context_params:
+            self._recreate_context_with(capture)
+        ctx = _address(self._ctx.ctx)
+        capture.attach(ctx)
+        runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,
+                                 self.context_params.n_threads_batch, int(self.model_params.n_gpu_layers),
+                                 [] if head.d2t is None else [int(x) for x in head.d2t])
+        self._capture = capture
+        self._spec = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
+        self._stack.callback(self._spec.close)  # LIFO: the head goes before the target context
+
+    def _recreate_context_with(self, capture: FeatureCapture) -> None:
+        """llama_cpp.Llama made its context without an eval callback: make it again with one."""
+        self._ctx.close()
+        capture.install_params(self.context_params)
+        self._ctx = self._stack.enter_context(contextlib.closing(
+            internals.LlamaContext(model=self._model, params=self.context_params, verbose=self.verbose)))
+        if self._lora_adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora_adapter)
+            scales = (ctypes.c_float * 1)(self.lora_scale)
+            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
+                raise RuntimeError(f"Failed to set LoRA adapter from lora path: {self.lora_path}")
+        self.n_tokens = 0
+
+    # ---- public additions -----------------------------------------------------------
+
+    @property
+    def is_speculative(self) -> bool:
+        return self._spec is not None
+
+    def speculative_stats(self) -> dict:
+        """Counters since construction or reset_speculative_stats(): rounds, drafted, accepted,
+        mean_accepted_length (tokens committed per verify, bonus included), acceptance_at (per draft
+        position), and seconds spent drafting, verifying, sampling and elsewhere in the loop."""
+        return self._stats.as_dict()
+
+    def reset_speculative_stats(self) -> None:
+        self._stats = SpeculativeStats()
+
+    # ---- KV state -------------------------------------------------------------------
+
+    def reset(self) -> None:
+        super().reset()
+        if self._spec is not None:
+            self._spec.reset()
+
+    def load_state(self, state) -> None:
+        super().load_state(state)
+        if self._spec is not None:
+            # restored positions carry no features: keep the prefix the head knows
+            self._truncate(self.n_tokens)
+
+    def _truncate(self, m: int) -> int:
+        """Keeps target positions [0, keep) with keep <= m chosen so both invariants hold."""
+        keep = self._spec.truncate(m) if self._spec is not None else m
+        if keep < self.n_tokens:
+            self._ctx.kv_cache_seq_rm(-1, keep, -1)
+        self.n_tokens = keep
+        self._requires_eval = True
+        return keep
+
+    def _decode(self, tokens: Sequence[int], n_logits: int) -> None:
+        """Evaluates tokens at n_tokens.. (n_batch chunks) with logits on the last n_logits rows
+        (all rows with logits_all) and hands their features to the proposer."""
+        self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        n_total = len(tokens)
+        for i in range(0, n_total, self.n_batch):
+            chunk = tokens[i : min(n_total, i + self.n_batch)]
+            n_past, n = self.n_tokens, len(chunk)
+            self._batch.set_batch(batch=chunk, n_past=n_past, logits_all=self._logits_all)
+            first_logit = n_total - n_logits - i
+            if first_logit < n:
+                for j in range(max(first_logit, 0), n):
+                    self._batch.batch.logits[j] = True
+            if self._capture is not None:
+                self._capture.begin()
+            self._ctx.decode(self._batch)
+            self.input_ids[n_past : n_past + n] = chunk
+            if self._logits_all:
+                logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n * self._n_vocab,))
+                self.scores[n_past : n_past + n, :].reshape(-1)[::] = logits
+            self.n_tokens += n
+            self._requires_eval = False
+            if self._spec is not None:
+                self._spec.observe(self._capture.rows(n), self.input_ids)
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        if self._spec is None:
+            return super().eval(tokens)
+        self._decode(self._resync() + list(tokens), 1)
+
+    # ---- generation -----------------------------------------------------------------
+
+    def _reuse_prefix(self, tokens: list[int], reset: bool) -> list[int]:
+        """Prompt tokens still to evaluate after reusing the cached prefix (at least one)."""
+        if reset and self.n_tokens > 0:
+            longest = 0
+            for a, b in zip(self._input_ids, tokens):
+                if a != b:
+                    break
+                longest += 1
+            want = longest - 1 if longest == len(tokens) else longest  # re-evaluate >= 1 token
+            if want > 0 and self._ctx.kv_cache_seq_rm(-1, want, -1):
+                keep = self._truncate(want)
+                if keep > 0:
+                    return tokens[keep:]
+        if reset or self.n_tokens == 0:
+            self.reset()
+            return tokens
+        return self._resync() + tokens
+
+    def _resync(self) -> list[int]:
+        """Drops target positions whose features the proposer lacks; returns them for re-evaluation."""
+        old = self.n_tokens
+        keep = self._truncate(old)
+        return [int(t) for t in self.input_ids[keep:old]]
+
+    def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
+                 mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+                 penalize_nl: bool = True, logits_processor: Optional[LogitsProcessorList] = None,
+                 stopping_criteria: Optional[StoppingCriteriaList] = None,
+                 grammar: Optional[LlamaGrammar] = None) -> Generator[int, Optional[Sequence[int]], None]:
+        if self._spec is None:
+            yield from super().generate(
+                tokens, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+                repeat_penalty=repeat_penalty, reset=reset, frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, penalize_nl=penalize_nl,
+                logits_processor=logits_processor, stopping_criteria=stopping_criteria, grammar=grammar)
+            return
+        t_resume = time.perf_counter()
+        self._mirostat_mu = ctypes.c_float(2.0 * mirostat_tau)
+        self._sampler = self._init_sampler(
+            top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            tfs_z=tfs_z, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar)
+        # mirostat keeps state across tokens that a verify row cannot replay: no drafting
+        can_draft = mirostat_mode == 0
+        pending = self._reuse_prefix(list(tokens), reset)
+        stats = self._stats
+        while True:
+            committed, first_pos = self._round(pending, can_draft)
+            for i, token in enumerate(committed):
+                pos = first_pos + i  # the position whose logits produced this token
+                if stopping_criteria is not None and stopping_criteria(
+                        self.input_ids[: pos + 1], self.scores[pos] if self._logits_all else self.scores[0]):
+                    stats.generate_seconds += time.perf_counter() - t_resume
+                    return
+                stats.generate_seconds += time.perf_counter() - t_resume
+                sent = yield token
+                t_resume = time.perf_counter()
+                if sent is not None:
+                    # the caller appended tokens: continue from token, dropping later commits
+                    keep = self._truncate(pos + 1)
+                    pending = [*(int(t) for t in self.input_ids[keep : pos + 1]), token, *sent]
+                    break
+            else:
+                pending = [committed[-1]]
+
+    def _round(self, pending: list[int], can_draft: bool) -> tuple[list[int], int]:
+        """One target decode of pending (+ a draft); returns the committed tokens and the position
+        whose logits produced the first of them. On return the target KV holds every committed
+        token but the last."""
+        stats = self._stats
+        n0 = self.n_tokens
+        drafts: list[int] = []
+        if can_draft and len(pending) == 1 and self.eagle3_draft_max > 0:
+            room = self._n_ctx - n0 - 1  # the verify batch must fit in the context
+            n_max = min(self.eagle3_draft_max, room)
+            if n_max > 0 and self._spec.feature_end == n0 and n0 > 0:
+                t0 = time.perf_counter()
+                drafts, _ = self._spec.propose(self.input_ids, pending[0], n_max, self.eagle3_p_min)
+                stats.draft_seconds += time.perf_counter() - t0
+        batch = pending + drafts
+        t0 = time.perf_counter()
+        self._decode(batch, len(drafts) + 1)
+        t1 = time.perf_counter()
+        if drafts:
+            stats.verify_seconds += t1 - t0
+        else:
+            stats.prompt_seconds += t1 - t0
+        first_pos = n0 + len(pending) - 1
+        n_rows = len(drafts) + 1
+
+        def sample_row(i: int) -> int:
+            self.n_tokens = first_pos + i + 1  # logits processors see the prefix of this row
+            return self._sampler.sample(self._ctx, i - n_rows)
+
+        committed = accept_chain(sample_row, drafts)
+        stats.sample_seconds += time.perf_counter() - t1
+        n_accepted = len(committed) - 1
+        self.n_tokens = n0 + len(batch)
+        if drafts:
+            stats.record_round(len(drafts), n_accepted)
+            self._truncate(first_pos + 1 + n_accepted)
+        elif len(pending) == 1:
+            stats.record_round(0, 0)
+        return committed, first_pos

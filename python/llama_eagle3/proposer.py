@@ -1,0 +1,97 @@
+"""Chain drafting with the EAGLE-3 head ("where drafts are made").
+
+State, kept in step with the target's KV cache (positions 0..n_tokens-1):
+
+    head KV     [0, head_n)                      pairs (token[P+1], g[P]) from true target features
+    pending     g rows of [head_n, feature_end)  encoded target features not yet in the head's KV
+    feature_end == the target's n_tokens while the two are in step
+
+Each round the engine calls propose(next_token): the head consumes every pending pair
+(the last one pairs g[n-1] with the freshly sampled next_token) in one decode, then
+drafts autoregressively, feeding its own pre-norm state forward. The draft's own KV rows
+(positions >= n) are speculative: they are overwritten by the next round, which starts
+at head_n = n. After verification the engine hands back the accepted rows' features
+with observe().
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._native import core
+
+
+class Eagle3Proposer:
+    def __init__(self, runner: "core.HeadRunner", catch_up_rows: int):
+        self.runner = runner
+        self.catch_up_rows = catch_up_rows  # pending rows that trigger an eager head decode (long prompts)
+        self.reset()
+
+    def reset(self) -> None:
+        self.head_n = 0
+        self._pending: list[np.ndarray] = []  # blocks of g rows [m, Hd]
+        self._n_pending = 0
+        self.runner.truncate(0)
+
+    @property
+    def feature_end(self) -> int:
+        return self.head_n + self._n_pending
+
+    def _pending_rows(self) -> np.ndarray:
+        g = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending = [g]
+        return g
+
+    def observe(self, features: np.ndarray, input_ids: np.ndarray) -> None:
+        """Target features f [m, 3*Ht] of positions [feature_end, feature_end + m).
+
+        input_ids: the target's tokens (at least through position feature_end + m - 1)."""
+        if len(features) == 0:
+            return
+        g = self.runner.encode(features)
+        self._pending.append(g)
+        self._n_pending += len(g)
+        if self._n_pending > self.catch_up_rows:
+            # every pending pair but the last has its next token in input_ids
+            rows = self._pending_rows()
+            n = len(rows) - 1
+            tokens = input_ids[self.head_n + 1 : self.head_n + 1 + n]
+            self.runner.extend(tokens, rows[:n], self.head_n)
+            self.head_n += n
+            self._pending = [rows[n:]]
+            self._n_pending = 1
+
+    def truncate(self, m: int) -> int:
+        """The target keeps positions [0, m); returns how many it may keep so that every kept
+        position has its features here or in the head's KV (<= m)."""
+        m = min(m, self.feature_end)
+        if m > self.head_n:
+            keep = m - self.head_n
+            rows = self._pending_rows()[:keep]
+            self._pending, self._n_pending = [rows], keep
+            return m
+        # the head consumed token m (pair m-1) or later: re-derive position m-1 from the target
+        self.head_n = max(m - 1, 0)
+        self._pending, self._n_pending = [], 0
+        self.runner.truncate(self.head_n)
+        return self.head_n
+
+    def propose(self, input_ids: np.ndarray, next_token: int, n_max: int, p_min: float) -> tuple[list[int], list[float]]:
+        """Draft up to n_max tokens that follow next_token (the target's token at feature_end).
+
+        Requires pending rows (the target evaluated at least one position since the last round)."""
+        if self._n_pending == 0 or n_max <= 0:
+            return [], []
+        rows = self._pending_rows()
+        n = len(rows)
+        tokens = np.empty(n, dtype=np.int32)
+        tokens[: n - 1] = input_ids[self.head_n + 1 : self.head_n + n]
+        tokens[n - 1] = next_token
+        drafts, probs = self.runner.draft(tokens, rows, self.head_n, n_max, p_min)
+        self.head_n += n
+        self._pending, self._n_pending = [], 0
+        return drafts, probs
+
+    def close(self) -> None:
+        self.runner = None  # type: ignore[assignment]  # frees the head's context and model
+

@@ -1,0 +1,44 @@
+"""Speculation counters, as returned by Llama.speculative_stats()."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SpeculativeStats:
+    rounds: int = 0              # target verify decodes that carried at least one draft token
+    drafted: int = 0             # draft tokens proposed
+    accepted: int = 0            # draft tokens accepted
+    plain_steps: int = 0         # single-token target decodes without a draft
+    accepted_at: list[int] = field(default_factory=list)  # accepted_at[i]: rounds whose draft i was accepted
+    drafted_at: list[int] = field(default_factory=list)   # drafted_at[i]: rounds that drafted a token i
+    draft_seconds: float = 0.0   # head: catch-up decode + chain steps
+    verify_seconds: float = 0.0  # target decodes of verify rounds (features included)
+    sample_seconds: float = 0.0  # sampling the verify rows
+    generate_seconds: float = 0.0  # wall time inside generate(), prompt included
+    prompt_seconds: float = 0.0  # target decodes of prompt tokens
+
+    def record_round(self, n_drafted: int, n_accepted: int) -> None:
+        if n_drafted == 0:
+            self.plain_steps += 1
+            return
+        self.rounds += 1
+        self.drafted += n_drafted
+        self.accepted += n_accepted
+        while len(self.drafted_at) < n_drafted:
+            self.drafted_at.append(0)
+            self.accepted_at.append(0)
+        for i in range(n_drafted):
+            self.drafted_at[i] += 1
+        for i in range(n_accepted):
+            self.accepted_at[i] += 1
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["mean_accepted_length"] = (self.accepted + self.rounds) / self.rounds if self.rounds else 0.0
+        d["acceptance_rate"] = self.accepted / self.drafted if self.drafted else 0.0
+        d["acceptance_at"] = [a / n if n else 0.0 for a, n in zip(self.accepted_at, self.drafted_at)]
+        d["overhead_seconds"] = max(0.0, self.generate_seconds - self.draft_seconds - self.verify_seconds
+                                    - self.sample_seconds - self.prompt_seconds)
+        return d
