@@ -66,14 +66,16 @@ void HeadRunner::process(int type, const char * what) {
 
 void HeadRunner::encode(const float * features, int64_t n, std::vector<float> & g) {
     g.resize((size_t) n * n_embd_);
-    // the encoder is per-token: chunk freely; positions are placeholders
+    // the encoder is per-token: chunk freely. Positions are placeholders, but llama.cpp's
+    // batch validation wants them to continue the sequence in memory.
+    const llama_pos pos_base = llama_memory_seq_pos_max(llama_get_memory(ctx_), 0) + 1;
     for (int64_t i = 0; i < n; i += n_batch_) {
         const int64_t m = std::min<int64_t>(n_batch_, n - i);
         llama_batch_ext_clear(batch_);
         for (int64_t j = 0; j < m; ++j) {
             llama_embd e = {features + (size_t) (i + j) * n_embd_enc_, 1, (size_t) n_embd_enc_};
             const int32_t idx = llama_batch_ext_add_embd(batch_, 0, e);
-            const llama_pos pos = (llama_pos) j;
+            const llama_pos pos = pos_base + (llama_pos) j;
             if (idx < 0 || !llama_batch_ext_set_pos(batch_, idx, &pos) ||
                 !llama_batch_ext_set_output_logits(batch_, idx, true)) {
                 throw std::runtime_error("could not build the EAGLE-3 encoder batch");

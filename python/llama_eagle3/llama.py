@@ -60,6 +60,9 @@ class Llama(llama_cpp.Llama):
         eagle3_p_min: stop a chain when the head's top-1 probability falls below this.
         eagle3_capture: "auto" (llama.cpp's built-in extraction where the architecture has it,
             otherwise the graph hook), "hook" or "builtin".
+
+    With eagle3_head, flash_attn defaults to True: greedy output is then token-for-token
+    that of llama_cpp.Llama(..., flash_attn=True).
     """
 
     def __init__(self, model_path: str, *args, eagle3_head: Optional[Union[str, Path]] = None,
@@ -75,8 +78,17 @@ class Llama(llama_cpp.Llama):
         self.eagle3_draft_max = eagle3_draft_max
         self.eagle3_p_min = eagle3_p_min
         head_path = Path(eagle3_head) if eagle3_head is not None else None
-        if head_path is not None and not head_path.is_file():
-            raise ValueError(f"EAGLE-3 head does not exist: {head_path}")
+        if head_path is not None:
+            if not head_path.is_file():
+                raise ValueError(f"EAGLE-3 head does not exist: {head_path}")
+            # llama.cpp's attention without flash attention gives different results for a token
+            # decoded alone and the same token inside a batch (measured on CPU: up to 1.7 in a
+            # logit), so no batched verification could reproduce plain decoding bit for bit.
+            # Flash attention is batch-invariant: speculative output equals plain decoding with it.
+            if kwargs.setdefault("flash_attn", True) is not True:
+                warnings.warn("flash_attn=False: llama.cpp's attention then depends on the batch size, so "
+                              "speculative output may differ from plain decoding; use flash_attn=True for "
+                              "identical output", stacklevel=2)
         super().__init__(model_path, *args, **kwargs)
         if head_path is not None:
             self._attach_head(head_path, eagle3_capture)
