@@ -137,6 +137,7 @@ class HeadSpec:
     norm_before_residual: bool = False
     own_embeddings: bool = False
     full_vocab: bool = False    # no d2t: draft vocabulary == target vocabulary
+    own_lm_head: bool = True    # False: share the target's output matrix (needs full_vocab)
 
 
 def random_head_tensors(spec: HeadSpec, n_vocab: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -164,6 +165,8 @@ def random_head_tensors(spec: HeadSpec, n_vocab: int, seed: int = 1) -> dict[str
         mask = np.zeros(n_vocab, dtype=bool)
         mask[ids] = True
         t["t2d"] = mask
+    if not spec.own_lm_head:
+        del t["lm_head.weight"]
     if spec.norm_before_fc:
         t["input_norm.weight"] = ones(3 * H)
     if spec.own_embeddings:
