@@ -50,8 +50,11 @@ def test_llama_cpp_head_matches_reference(spec, arch, tmp_path, targets, n_vocab
     cache = KVCache()
     ref_logits, ref_h = decode(head, tok_embd[tokens], g, np.arange(n), lm_head=lm_head, cache=cache)
     assert logits.shape == (n, head.config.draft_vocab_size)
+    # f32 head: 1e-3. A shared lm_head is the target's Q8_0 matrix, whose matmul quantizes the
+    # activations to 8 bits as well: 1e-2 for those logits.
+    logit_tol = 1e-3 if head.lm_head is not None else 1e-2
     assert rel(h, ref_h) <= 1e-3
-    assert rel(logits, ref_logits) <= 1e-3
+    assert rel(logits, ref_logits) <= logit_tol
 
     # a chain step continues the KV: (draft token, previous pre-norm state) at position n
     t2 = np.array([int(np.argmax(ref_logits[-1]))], dtype=np.int32)
@@ -59,5 +62,5 @@ def test_llama_cpp_head_matches_reference(spec, arch, tmp_path, targets, n_vocab
     logits2, h2 = runner.forward(t2_target, h[-1:], n)
     ref_logits2, ref_h2 = decode(head, tok_embd[t2_target], h[-1:], np.array([n]), lm_head=lm_head, cache=cache)
     assert rel(h2, ref_h2) <= 1e-3
-    assert rel(logits2, ref_logits2) <= 1e-3
+    assert rel(logits2, ref_logits2) <= logit_tol
     llm.close()

@@ -93,11 +93,21 @@ def build_target(path: Path, arch: str, seed: int = 0) -> Path:
         _write_kv(w, k, v)
 
     def mat(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float32)
+        # Q8_0 like the GGUFs people run; llama.cpp's quantized matmuls give the same row
+        # whatever the batch size, which f32/f16 kernels do not guarantee
+        a = (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float32)
+        return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
 
     def ones(n: int) -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    add = w.add_tensor
+
+    def add_tensor(name: str, a: np.ndarray) -> None:
+        add(name, a, raw_dtype=q8 if a.dtype == np.uint8 else None)
+
+    w.add_tensor = add_tensor
     w.add_tensor("token_embd.weight", (rng.standard_normal((V, H))).astype(np.float32))
     w.add_tensor("output_norm.weight", ones(H))
     w.add_tensor("output.weight", mat(V, H, 4.0))

@@ -124,7 +124,11 @@ def load_target(spec: str | Path) -> TargetInfo:
 
 
 def gguf_tensor(reader: Any, name: str) -> np.ndarray | None:
+    """A tensor of a GGUF file as float32 (dequantized) in NumPy order, or None."""
+    import gguf
+
     for t in reader.tensors:
         if t.name == name:
-            return np.asarray(t.data)
+            a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+            return a.reshape(tuple(int(x) for x in reversed(t.shape.tolist()))).astype(np.float32)
     return None

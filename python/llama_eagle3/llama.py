@@ -138,6 +138,11 @@ class Llama(llama_cpp.Llama):
                 raise RuntimeError(f"Failed to set LoRA adapter from lora path: {self.lora_path}")
         self.n_tokens = 0
 
+    @property
+    def _ctx_limit(self) -> int:
+        """Positions llama-cpp-python tracks: llama.cpp may pad n_ctx beyond the input_ids array."""
+        return min(self._n_ctx, len(self.input_ids))
+
     # ---- public additions -----------------------------------------------------------
 
     @property
@@ -197,7 +202,9 @@ class Llama(llama_cpp.Llama):
                 self.scores[n_past : n_past + n, :].reshape(-1)[::] = logits
             self.n_tokens += n
             self._requires_eval = False
-            if self._spec is not None:
+            if self._spec is not None and n_past + n <= self._ctx_limit:
+                # past the limit llama-cpp-python stops tracking tokens; the proposer falls behind
+                # (no drafting there) and prefix reuse re-evaluates what it lacks
                 self._spec.observe(self._capture.rows(n), self.input_ids)
 
     def eval(self, tokens: Sequence[int]) -> None:
@@ -284,7 +291,7 @@ class Llama(llama_cpp.Llama):
         n0 = self.n_tokens
         drafts: list[int] = []
         if can_draft and len(pending) == 1 and self.eagle3_draft_max > 0:
-            room = self._n_ctx - n0 - 1  # the verify batch must fit in the context
+            room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
             n_max = min(self.eagle3_draft_max, room)
             if n_max > 0 and self._spec.feature_end == n0 and n0 > 0:
                 t0 = time.perf_counter()
