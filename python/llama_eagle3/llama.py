@@ -10,7 +10,8 @@ proposer.py). A round:
     decode   [t_n, d_1..d_K] at positions n..n+K             # ONE target decode, logits on every row
     commit   accept_chain(sample row i, drafts)              # y_0..y_a, a drafts accepted
     rollback target KV to n+a+1; hand features of n..n+a to the proposer
-    yield    y_0..y_a; the next round evaluates [y_a]
+    yield    y_0..y_a, each with n_tokens set to its own position as plain decoding would have
+             it (accepted tokens after it wait in the KV past n_tokens); next round evaluates [y_a]
 
 Everything that changes the KV (prefix reuse, reset, load_state, eval) goes
 through methods that keep both invariants.
@@ -183,6 +184,10 @@ class Llama(llama_cpp.Llama):
     def _decode(self, tokens: Sequence[int], n_logits: int) -> None:
         """Evaluates tokens at n_tokens.. (n_batch chunks) with logits on the last n_logits rows
         (all rows with logits_all) and hands their features to the proposer."""
+        if self._spec is not None and self._spec.feature_end > self.n_tokens:
+            # a generation stopped between committed tokens: drop the features past n_tokens too
+            if self._truncate(self.n_tokens) != self.n_tokens:
+                raise RuntimeError("llama-eagle3: the head's state fell out of step with the target")
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
         n_total = len(tokens)
         for i in range(0, n_total, self.n_batch):
@@ -268,6 +273,10 @@ class Llama(llama_cpp.Llama):
             committed, first_pos = self._round(pending, can_draft)
             for i, token in enumerate(committed):
                 pos = first_pos + i  # the position whose logits produced this token
+                # plain decoding's state while this token is out: everything before it evaluated.
+                # Accepted tokens after it stay in the KV; a caller that stops here leaves them
+                # past n_tokens, where the next decode drops them.
+                self.n_tokens = pos + 1
                 if stopping_criteria is not None and stopping_criteria(
                         self.input_ids[: pos + 1], self.scores[pos] if self._logits_all else self.scores[0]):
                     stats.generate_seconds += time.perf_counter() - t_resume
