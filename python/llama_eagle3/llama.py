@@ -144,6 +144,10 @@ class Llama(llama_cpp.Llama):
         """Positions llama-cpp-python tracks: llama.cpp may pad n_ctx beyond the input_ids array."""
         return min(self._n_ctx, len(self.input_ids))
 
+    def close(self) -> None:
+        if "_stack" in self.__dict__:  # __init__ may have raised before llama_cpp.Llama set it up
+            super().close()
+
     # ---- public additions -----------------------------------------------------------
 
     @property
