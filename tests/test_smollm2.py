@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import llama_cpp
-import numpy as np
 import pytest
 
 import oracle
-import tiny_models as tm
 from eagle3_convert.cli import convert
+from eagle3_convert.random_head import SMOLLM2_135M, write_random_head
 from llama_eagle3 import Llama
 
 pytestmark = pytest.mark.slow
@@ -28,31 +25,9 @@ CHATS = [
 def smol_head(tmp_path_factory, smollm2) -> str:
     """A random head with SmolLM2's shapes in SpecForge layout, converted by the converter."""
     d = tmp_path_factory.mktemp("smol-head")
-    rng = np.random.default_rng(0)
-    H, V, Vd, nh, nkv, hd, ff = 576, 49152, 4096, 9, 3, 64, 1536
-
-    def mat(r: int, c: int) -> np.ndarray:
-        return (rng.standard_normal((r, c)) / np.sqrt(c)).astype(np.float32)
-
-    ids = np.sort(rng.choice(V, Vd, replace=False))
-    ones = np.ones(H, np.float32)
-    tensors = {
-        "fc.weight": mat(H, 3 * H), "norm.weight": ones, "lm_head.weight": mat(Vd, H),
-        "midlayer.input_layernorm.weight": ones, "midlayer.hidden_norm.weight": ones,
-        "midlayer.self_attn.q_proj.weight": mat(nh * hd, 2 * H), "midlayer.self_attn.k_proj.weight": mat(nkv * hd, 2 * H),
-        "midlayer.self_attn.v_proj.weight": mat(nkv * hd, 2 * H), "midlayer.self_attn.o_proj.weight": mat(H, nh * hd),
-        "midlayer.post_attention_layernorm.weight": ones, "midlayer.mlp.gate_proj.weight": mat(ff, H),
-        "midlayer.mlp.up_proj.weight": mat(ff, H), "midlayer.mlp.down_proj.weight": mat(H, ff),
-        "d2t": (ids - np.arange(Vd)).astype(np.int64),
-    }
-    tm.write_safetensors(d / "model.safetensors", tensors)
-    (d / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": H, "intermediate_size": ff,
-        "num_attention_heads": nh, "num_key_value_heads": nkv, "num_hidden_layers": 1, "rms_norm_eps": 1e-5,
-        "rope_theta": 100000.0, "vocab_size": V, "draft_vocab_size": Vd, "max_position_embeddings": 8192}))
-    out = d / "head.gguf"
-    convert(d, str(smollm2), out, "f16", log=lambda *a: None)
-    return str(out)
+    write_random_head(d / "hf", **SMOLLM2_135M)
+    convert(d / "hf", str(smollm2), d / "head.gguf", "f16", log=lambda *a: None)
+    return str(d / "head.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import struct
 import sys
 import types
 import zipfile
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from eagle3_convert.checkpoint import write_safetensors  # noqa: F401  (re-exported for tests)
 
 H, N_HEAD, N_KV, HEAD_DIM, FF, N_LAYER, CTX = 64, 4, 2, 16, 128, 8, 1024
 HEAD_FF, DRAFT_VOCAB = 96, 128
@@ -204,18 +205,6 @@ def head_config(spec: HeadSpec, n_vocab: int) -> dict:
     else:
         cfg.update(architectures=["LlamaForCausalLM"])  # official EAGLE: no ids, defaults [2, N//2, N-3]
     return cfg
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.bool_): "BOOL", np.dtype(np.float16): "F16"}
-    header, blobs, off = {}, [], 0
-    for name, a in tensors.items():
-        raw = np.ascontiguousarray(a).tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    h = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def write_torch_bin(path: Path, tensors: dict[str, np.ndarray]) -> None:

