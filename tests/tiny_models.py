@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle3_convert.checkpoint import write_safetensors  # noqa: F401  (re-exported for tests)
+from eagle3_convert.gguf_io import write_kv
 
 H, N_HEAD, N_KV, HEAD_DIM, FF, N_LAYER, CTX = 64, 4, 2, 16, 128, 8, 1024
 HEAD_FF, DRAFT_VOCAB = 96, 128
@@ -62,19 +63,6 @@ def tokenizer_keys() -> dict:
     }
 
 
-def _write_kv(w, key: str, value) -> None:
-    if isinstance(value, list):
-        w.add_array(key, value)
-    elif isinstance(value, bool):
-        w.add_bool(key, value)
-    elif isinstance(value, int):
-        w.add_uint32(key, value)
-    elif isinstance(value, float):
-        w.add_float32(key, value)
-    else:
-        w.add_string(key, value)
-
-
 def build_target(path: Path, arch: str, seed: int = 0) -> Path:
     """A random target GGUF of `arch` (llama, qwen2, gemma3) with peaked logits."""
     import gguf
@@ -89,9 +77,9 @@ def build_target(path: Path, arch: str, seed: int = 0) -> Path:
         "attention.key_length": HEAD_DIM, "attention.value_length": HEAD_DIM,
         "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 10000.0, "vocab_size": V,
     }.items():
-        _write_kv(w, f"{arch}.{k}", v)
+        write_kv(w, f"{arch}.{k}", v)
     for k, v in tok.items():
-        _write_kv(w, k, v)
+        write_kv(w, k, v)
 
     def mat(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
         # Q8_0 like the GGUFs people run; llama.cpp's quantized matmuls give the same row

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import ConversionError
 from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
 from .reference import rope_factors
-from .target import TargetInfo, gguf_metadata, open_gguf
+from .target import TargetInfo, dequantize_tensor, gguf_metadata, open_gguf
 
 ARCH = "eagle3"
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
@@ -53,6 +53,20 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_kv(w: Any, key: str, value: Any) -> None:
+    """A metadata value as GGUF types it in llama.cpp files (ints as u32, lists as arrays)."""
+    if isinstance(value, list):
+        w.add_array(key, value)
+    elif isinstance(value, bool):
+        w.add_bool(key, value)
+    elif isinstance(value, int):
+        w.add_uint32(key, value)
+    elif isinstance(value, float):
+        w.add_float32(key, value)
+    else:
+        w.add_string(key, str(value))
 
 
 def _encode_tensor(name: str, w: np.ndarray, outtype: OutType) -> tuple[np.ndarray, Any]:
@@ -94,16 +108,7 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     w.add_bool(f"{ARCH}.norm_before_fc", c.norm_before_fc)
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[outtype])
     for key, value in target.tokenizer.items():
-        if isinstance(value, list):
-            w.add_array(key, value)
-        elif isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        else:
-            w.add_string(key, str(value))
+        write_kv(w, key, value)
 
     for field_name, tensor_name in TENSOR_NAMES.items():
         t = getattr(head, field_name)
@@ -163,44 +168,30 @@ def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) ->
     )
 
 
-def _dequantize(t: Any) -> np.ndarray:
-    import gguf
-
-    if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
-                         gguf.GGMLQuantizationType.I64, gguf.GGMLQuantizationType.I32):
-        a = np.asarray(t.data)
-    else:
-        a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
-    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-    return a.reshape(shape)
+OPTIONAL_TENSORS = frozenset({"enc_norm", "lm_head", "embed_tokens", "d2t"})
 
 
-def read_head_gguf(path: Path, load_weights: bool = True) -> Eagle3Head | Eagle3Config:
-    """The head in a GGUF file: its config only, or config and weights (q/k un-permuted)."""
-    path = Path(path)
+def _open_head(path: Path) -> tuple[Eagle3Config, dict[str, Any]]:
+    """The config of a head GGUF and its tensors by GGUF name (data not read yet)."""
     reader = open_gguf(path)
-    meta = gguf_metadata(reader)
     by_name = {t.name: t for t in reader.tensors}
     d2t = by_name.get("d2t")
-    config = read_head_config(meta, path, int(d2t.shape[0]) if d2t is not None else 0)
-    if not load_weights:
-        return config
-    tensors: dict[str, np.ndarray] = {}
-    for field_name, tensor_name in TENSOR_NAMES.items():
-        t = by_name.get(tensor_name)
-        if t is not None:
-            tensors[field_name] = _dequantize(t)
-    required = set(TENSOR_NAMES) - {"enc_norm", "lm_head", "embed_tokens", "d2t"}
-    missing = sorted(TENSOR_NAMES[k] for k in required - set(tensors))
+    config = read_head_config(gguf_metadata(reader), path, int(d2t.shape[0]) if d2t is not None else 0)
+    missing = sorted(n for f, n in TENSOR_NAMES.items() if f not in OPTIONAL_TENSORS and n not in by_name)
     if missing:
         raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor(s) {', '.join(missing)}")
+    return config, by_name
+
+
+def read_head_gguf(path: Path) -> Eagle3Head:
+    """The head in a GGUF file, weights dequantized to float32 and q/k un-permuted."""
+    path = Path(path)
+    config, by_name = _open_head(path)
+    tensors = {f: dequantize_tensor(by_name[n]) for f, n in TENSOR_NAMES.items() if n in by_name}
     for k in tensors:
-        if k != "d2t":
-            tensors[k] = tensors[k].astype(np.float32)
+        tensors[k] = tensors[k].astype(np.int64 if k == "d2t" else np.float32)
     tensors["q_proj"] = unpermute_qk(tensors["q_proj"], config.num_attention_heads)
     tensors["k_proj"] = unpermute_qk(tensors["k_proj"], config.num_key_value_heads)
-    if "d2t" in tensors:
-        tensors["d2t"] = tensors["d2t"].astype(np.int64)
     head = Eagle3Head(config=config, **tensors)
     head.validate()
     return head
@@ -210,25 +201,18 @@ def read_head_gguf(path: Path, load_weights: bool = True) -> Eagle3Head | Eagle3
 class HeadFile:
     """What the runtime needs from a head GGUF, checked without loading the weights."""
     config: Eagle3Config
-    d2t: Optional[np.ndarray]
-    has_embed_tokens: bool
-    has_lm_head: bool
+    d2t: Optional[np.ndarray]  # absolute target ids of the draft vocabulary; None: the full vocabulary
 
 
 def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
     """Raises ConversionError naming the key or tensor that makes the file unusable with this target."""
     path = Path(path)
-    reader = open_gguf(path)
-    meta = gguf_metadata(reader)
-    by_name = {t.name: t for t in reader.tensors}
+    config, by_name = _open_head(path)
     d2t_t = by_name.get("d2t")
-    config = read_head_config(meta, path, int(d2t_t.shape[0]) if d2t_t is not None else 0)
     shapes = expected_shapes(config)
     for field_name, tensor_name in TENSOR_NAMES.items():
         t = by_name.get(tensor_name)
         if t is None:
-            if field_name not in ("enc_norm", "lm_head", "embed_tokens", "d2t"):
-                raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor {tensor_name}")
             continue
         shape = tuple(int(x) for x in reversed(t.shape.tolist()))
         if shape != shapes[field_name]:
@@ -247,8 +231,5 @@ def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
                                   f"outside the {target.n_vocab} tokens of the target")
         if len(np.unique(d2t)) != len(d2t):
             raise ConversionError(f"{path}: tensor d2t maps two draft ids to the same target id")
-    elif "output.weight" in by_name and config.draft_vocab_size != config.vocab_size:
-        raise ConversionError(f"{path}: no d2t but a reduced output.weight")
-    has_embed = "token_embd.weight" in by_name
-    check_against_target(config, target, has_embed)
-    return HeadFile(config=config, d2t=d2t, has_embed_tokens=has_embed, has_lm_head="output.weight" in by_name)
+    check_against_target(config, target, has_embed_tokens="token_embd.weight" in by_name)
+    return HeadFile(config=config, d2t=d2t)

@@ -123,12 +123,20 @@ def load_target(spec: str | Path) -> TargetInfo:
     return target_from_gguf(p)
 
 
-def gguf_tensor(reader: Any, name: str) -> np.ndarray | None:
-    """A tensor of a GGUF file as float32 (dequantized) in NumPy order, or None."""
+def dequantize_tensor(t: Any) -> np.ndarray:
+    """A GGUF tensor's values in NumPy order ([out, in] for matrices), dequantized."""
     import gguf
 
+    raw = np.asarray(t.data)
+    integer = t.tensor_type in (gguf.GGMLQuantizationType.I64, gguf.GGMLQuantizationType.I32,
+                                gguf.GGMLQuantizationType.I16, gguf.GGMLQuantizationType.I8)
+    a = raw if integer else gguf.quants.dequantize(raw, t.tensor_type)
+    return a.reshape(tuple(int(x) for x in reversed(t.shape.tolist())))
+
+
+def gguf_tensor(reader: Any, name: str) -> np.ndarray | None:
+    """A tensor of a GGUF file as float32, or None."""
     for t in reader.tensors:
         if t.name == name:
-            a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
-            return a.reshape(tuple(int(x) for x in reversed(t.shape.tolist()))).astype(np.float32)
+            return dequantize_tensor(t).astype(np.float32)
     return None
