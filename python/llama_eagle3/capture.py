@@ -32,8 +32,6 @@ class FeatureCapture:
         if mode == "builtin" and arch not in BUILTIN_ARCHS:
             raise ValueError(f"llama.cpp's built-in layer extraction does not support architecture '{arch}'; "
                              f"use eagle3_capture='hook' (or 'auto')")
-        if mode not in ("auto", "hook", "builtin"):
-            raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {mode!r}")
         self.mode: str = mode if mode != "auto" else ("builtin" if arch in BUILTIN_ARCHS else "hook")
         self.layer_ids = [int(i) for i in layer_ids]
         self.n_embd = n_embd

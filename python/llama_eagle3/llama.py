@@ -78,10 +78,14 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"eagle3_p_min must be in [0, 1], got {eagle3_p_min}")
         self.eagle3_draft_max = eagle3_draft_max
         self.eagle3_p_min = eagle3_p_min
+        if eagle3_capture not in ("auto", "hook", "builtin"):
+            raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {eagle3_capture!r}")
         head_path = Path(eagle3_head) if eagle3_head is not None else None
         if head_path is not None:
             if not head_path.is_file():
                 raise ValueError(f"EAGLE-3 head does not exist: {head_path}")
+            if kwargs.get("draft_model") is not None:
+                raise ValueError("eagle3_head and draft_model cannot be combined")
             # llama.cpp's attention without flash attention gives different results for a token
             # decoded alone and the same token inside a batch (measured on CPU: up to 1.7 in a
             # logit), so no batched verification could reproduce plain decoding bit for bit.
@@ -103,8 +107,6 @@ class Llama(llama_cpp.Llama):
                           n_vocab=self._n_vocab, source=self.model_path)
 
     def _attach_head(self, path: Path, capture_mode: CaptureMode) -> None:
-        if self.draft_model is not None:
-            raise ValueError("eagle3_head and draft_model cannot be combined")
         target = self._target_info()
         try:
             head = check_head_gguf(path, target)
@@ -269,12 +271,10 @@ class Llama(llama_cpp.Llama):
             repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             tfs_z=tfs_z, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar)
-        # mirostat keeps state across tokens that a verify row cannot replay: no drafting
-        can_draft = mirostat_mode == 0
         pending = self._reuse_prefix(list(tokens), reset)
         stats = self._stats
         while True:
-            committed, first_pos = self._round(pending, can_draft)
+            committed, first_pos = self._round(pending)
             for i, token in enumerate(committed):
                 pos = first_pos + i  # the position whose logits produced this token
                 # plain decoding's state while this token is out: everything before it evaluated.
@@ -296,14 +296,14 @@ class Llama(llama_cpp.Llama):
             else:
                 pending = [committed[-1]]
 
-    def _round(self, pending: list[int], can_draft: bool) -> tuple[list[int], int]:
+    def _round(self, pending: list[int]) -> tuple[list[int], int]:
         """One target decode of pending (+ a draft); returns the committed tokens and the position
         whose logits produced the first of them. On return the target KV holds every committed
         token but the last."""
         stats = self._stats
         n0 = self.n_tokens
         drafts: list[int] = []
-        if can_draft and len(pending) == 1 and self.eagle3_draft_max > 0:
+        if len(pending) == 1 and self.eagle3_draft_max > 0:
             room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
             n_max = min(self.eagle3_draft_max, room)
             if n_max > 0 and self._spec.feature_end == n0 and n0 > 0:
@@ -317,7 +317,7 @@ class Llama(llama_cpp.Llama):
         if drafts:
             stats.verify_seconds += t1 - t0
         else:
-            stats.prompt_seconds += t1 - t0
+            stats.plain_decode_seconds += t1 - t0
         first_pos = n0 + len(pending) - 1
         n_rows = len(drafts) + 1
 

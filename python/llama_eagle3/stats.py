@@ -17,7 +17,7 @@ class SpeculativeStats:
     verify_seconds: float = 0.0  # target decodes of verify rounds (features included)
     sample_seconds: float = 0.0  # sampling the verify rows
     generate_seconds: float = 0.0  # wall time inside generate(), prompt included
-    prompt_seconds: float = 0.0  # target decodes of prompt tokens
+    plain_decode_seconds: float = 0.0  # target decodes without a draft (prompts, plain steps)
 
     def record_round(self, n_drafted: int, n_accepted: int) -> None:
         if n_drafted == 0:
@@ -40,5 +40,5 @@ class SpeculativeStats:
         d["acceptance_rate"] = self.accepted / self.drafted if self.drafted else 0.0
         d["acceptance_at"] = [a / n if n else 0.0 for a, n in zip(self.accepted_at, self.drafted_at)]
         d["overhead_seconds"] = max(0.0, self.generate_seconds - self.draft_seconds - self.verify_seconds
-                                    - self.sample_seconds - self.prompt_seconds)
+                                    - self.sample_seconds - self.plain_decode_seconds)
         return d
