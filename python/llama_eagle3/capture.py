@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from typing import Literal, Sequence
 
 import numpy as np
 
+import llama_cpp._internals as internals
+
 from ._native import core, llama_cpp
 
 CaptureMode = Literal["auto", "hook", "builtin"]
+
+
+def context_address(handle: object) -> int:
+    """The address of a llama_context from llama_cpp's ctypes handle (an int or a c_void_p)."""
+    if isinstance(handle, int):
+        return handle
+    value = ctypes.cast(handle, ctypes.c_void_p).value
+    if not value:
+        raise RuntimeError("llama.cpp context handle is null")
+    return value
 
 # Architectures whose llama.cpp graph (the version pinned in _native) records every
 # layer's input in t_layer_inp, so llama_set_embeddings_layer_inp works for them.
@@ -37,22 +50,27 @@ class FeatureCapture:
         self.n_embd = n_embd
         self._hook = core.HookCapture(self.layer_ids, n_embd) if self.mode == "hook" else None
 
-    @property
-    def needs_context_params(self) -> bool:
-        return self._hook is not None
-
-    def install_params(self, params: "llama_cpp.llama_context_params") -> None:
-        """Puts the graph hook into context params (before the context is created)."""
-        assert self._hook is not None
-        params.cb_eval = ctypes.cast(ctypes.c_void_p(core.HookCapture.callback_address),
-                                     llama_cpp.ggml_backend_sched_eval_callback)
-        params.cb_eval_user_data = ctypes.c_void_p(self._hook.user_data_address)
-
-    def attach(self, ctx_address: int) -> None:
-        """Turns on built-in extraction in a created context."""
+    def attach_to(self, llm: "llama_cpp.Llama") -> None:
+        """Installs the capture in llm's target context. llama_cpp.Llama creates its context
+        without an eval callback, so the hook path makes the context again with one (before
+        anything was decoded); the built-in path switches extraction on."""
+        if self._hook is not None:
+            llm._ctx.close()
+            params = llm.context_params
+            params.cb_eval = ctypes.cast(ctypes.c_void_p(core.HookCapture.callback_address),
+                                         llama_cpp.ggml_backend_sched_eval_callback)
+            params.cb_eval_user_data = ctypes.c_void_p(self._hook.user_data_address)
+            llm._ctx = llm._stack.enter_context(contextlib.closing(
+                internals.LlamaContext(model=llm._model, params=params, verbose=llm.verbose)))
+            if llm._lora_adapter is not None:
+                adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+                scales = (ctypes.c_float * 1)(llm.lora_scale)
+                if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
+                    raise RuntimeError(f"Failed to set LoRA adapter from lora path: {llm.lora_path}")
+            llm.n_tokens = 0
+        self._ctx = context_address(llm._ctx.ctx)
         if self.mode == "builtin":
-            core.builtin_enable(ctx_address, self.layer_ids)
-        self._ctx = ctx_address
+            core.builtin_enable(self._ctx, self.layer_ids)
 
     def begin(self) -> None:
         if self._hook is not None:

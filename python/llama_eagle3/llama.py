@@ -19,7 +19,6 @@ through methods that keep both invariants.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import time
 import warnings
@@ -29,7 +28,7 @@ from typing import Generator, Optional, Sequence, Union
 import numpy as np
 
 from ._native import core, llama_cpp
-from .capture import CaptureMode, FeatureCapture
+from .capture import CaptureMode, FeatureCapture, context_address
 from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
 from .verifier import accept_chain
@@ -38,18 +37,8 @@ from eagle3_convert.errors import ConversionError
 from eagle3_convert.gguf_io import check_head_gguf
 from eagle3_convert.target import TargetInfo
 
-import llama_cpp._internals as internals
 from llama_cpp.llama import LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_grammar import LlamaGrammar
-
-
-def _address(handle: object) -> int:
-    if isinstance(handle, int):
-        return handle
-    value = ctypes.cast(handle, ctypes.c_void_p).value
-    if not value:
-        raise RuntimeError("llama.cpp handle is null")
-    return value
 
 
 class Llama(llama_cpp.Llama):
@@ -117,29 +106,14 @@ class Llama(llama_cpp.Llama):
                           f"so speculation is off and generation is plain", stacklevel=3)
             return
         capture = FeatureCapture(target.arch, head.config.target_layers, target.n_embd, target.n_layer, capture_mode)
-        if capture.needs_context_params:
-            self._recreate_context_with(capture)
-        ctx = _address(self._ctx.ctx)
-        capture.attach(ctx)
+        capture.attach_to(self)
+        ctx = context_address(self._ctx.ctx)
         runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,
                                  self.context_params.n_threads_batch, int(self.model_params.n_gpu_layers),
                                  [] if head.d2t is None else [int(x) for x in head.d2t])
         self._capture = capture
         self._spec = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(self._spec.close)  # LIFO: the head goes before the target context
-
-    def _recreate_context_with(self, capture: FeatureCapture) -> None:
-        """llama_cpp.Llama made its context without an eval callback: make it again with one."""
-        self._ctx.close()
-        capture.install_params(self.context_params)
-        self._ctx = self._stack.enter_context(contextlib.closing(
-            internals.LlamaContext(model=self._model, params=self.context_params, verbose=self.verbose)))
-        if self._lora_adapter is not None:
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora_adapter)
-            scales = (ctypes.c_float * 1)(self.lora_scale)
-            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
-                raise RuntimeError(f"Failed to set LoRA adapter from lora path: {self.lora_path}")
-        self.n_tokens = 0
 
     @property
     def _ctx_limit(self) -> int:

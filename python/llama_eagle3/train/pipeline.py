@@ -1,0 +1,161 @@
+"""`llama-eagle3 train`: every stage, each resumable from its files in the output directory.
+
+    out/prompts.jsonl      conversations to answer (the user's, or written by the target)
+    out/samples.jsonl      {"i", "prompt": ids, "response": ids}: the target's own answers
+    out/features/          fp16 shards of the three target states (features.py)
+    out/vocab.npz          d2t (draft -> absolute target id) and the response token counts
+    out/checkpoints/       training state (trainer.py)
+    out/config.json, out/model.safetensors   the head, SpecForge layout (vLLM / SGLang load it)
+    out/head.gguf          the head for llama.cpp / llama_eagle3
+    out/report.json, out/report.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .._native import llama_cpp
+from .distill import BatchedGenerator
+from .features import FeatureExtractor, read_shards, write_shards
+from .prompts import Messages, clean_request, load_prompts, request_writing_prompts
+from .vocab import build_draft_vocab, coverage
+
+
+@dataclass
+class DataConfig:
+    n_prompts: int = 800           # self-written requests when no prompt file is given
+    max_new_tokens: int = 192      # response length cap
+    max_prompt_tokens: int = 256
+    n_seq: int = 16                # sequences per batched decode
+    draft_vocab: int = 8192
+    layer_ids: Optional[list[int]] = None  # llama.cpp "input of layer" ids; default [2, N//2, N-3]
+    seed: int = 0
+    threads: int = 2
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class ChatTokenizer:
+    """Conversations -> token ids with the model's own chat template (as create_chat_completion does)."""
+
+    def __init__(self, llm: "llama_cpp.Llama"):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError("the model has no chat template (tokenizer.chat_template); give --prompts with plain "
+                             "text prompts and a chat model, or a model with a template")
+        tok = lambda i: llm.detokenize([i], special=True).decode("utf-8", "ignore")  # noqa: E731
+        self.fmt = Jinja2ChatFormatter(template=template, eos_token=tok(llm.token_eos()), bos_token=tok(llm.token_bos()))
+        self.llm = llm
+
+    def __call__(self, messages: Messages) -> list[int]:
+        r = self.fmt(messages=messages)
+        return self.llm.tokenize(r.prompt.encode("utf-8"), add_bos=not r.added_special, special=True)
+
+
+def stage_prompts(out: Path, llm, chat: ChatTokenizer, gen: BatchedGenerator, cfg: DataConfig,
+                  prompts_file: Optional[Path]) -> list[Messages]:
+    path = out / "prompts.jsonl"
+    if path.exists():
+        return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+    if prompts_file is not None:
+        convs = load_prompts(prompts_file)
+        _log(f"{len(convs)} prompts from {prompts_file}")
+    else:
+        _log(f"the target writes {cfg.n_prompts} requests (chat, code, math, lists, explanations, ...)")
+        asks = request_writing_prompts(int(cfg.n_prompts * 1.3), cfg.seed)
+        outs = gen.generate([chat(m) for m in asks], max_new=64, temperature=0.9, seed=cfg.seed)
+        seen, convs = set(), []
+        for o in outs:
+            text = clean_request(llm.detokenize(o).decode("utf-8", "ignore"))
+            if len(text) >= 12 and text not in seen:
+                seen.add(text)
+                convs.append([{"role": "user", "content": text}])
+        convs = convs[: cfg.n_prompts]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    tmp.rename(path)
+    return convs
+
+
+def stage_samples(out: Path, chat: ChatTokenizer, gen: BatchedGenerator, convs: list[Messages],
+                  cfg: DataConfig) -> list[tuple[list[int], list[int]]]:
+    path = out / "samples.jsonl"
+    done: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["i"]] = rec
+            except (json.JSONDecodeError, KeyError):
+                pass  # a line cut by an interruption
+    todo = [i for i in range(len(convs)) if i not in done]
+    if todo:
+        _log(f"the target answers {len(todo)} prompts ({len(done)} already done), {cfg.n_seq} at a time")
+        prompts = [chat(convs[i])[-cfg.max_prompt_tokens:] for i in todo]
+        t0, n_tok = time.time(), [0]
+        with path.open("a") as f:
+            def save(j: int, response: list[int]) -> None:
+                rec = {"i": todo[j], "prompt": prompts[j], "response": response}
+                done[todo[j]] = rec
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                n_tok[0] += len(response)
+                if len(done) % 50 == 0:
+                    _log(f"  {len(done)}/{len(convs)} answered, {n_tok[0] / (time.time() - t0):.0f} tokens/s")
+            gen.generate(prompts, max_new=cfg.max_new_tokens, temperature=0.0, on_done=save)
+    return [(done[i]["prompt"], done[i]["response"]) for i in sorted(done)]
+
+
+def stage_features(out: Path, model_path: str, samples, layer_ids: list[int], cfg: DataConfig) -> Path:
+    fdir = out / "features"
+    if (fdir / "DONE").exists():
+        return fdir
+    for p in fdir.glob("shard-*"):
+        p.unlink()
+    _log(f"capturing layers {layer_ids} for {len(samples)} samples")
+    n_ctx = max(len(p) + len(r) for p, r in samples) + 8
+    ext = FeatureExtractor(model_path, layer_ids, n_ctx, cfg.threads)
+    n = write_shards(fdir, samples, ext)
+    (fdir / "DONE").write_text(json.dumps({"tokens": n, "layer_ids": layer_ids}))
+    _log(f"  {n} tokens of features")
+    return fdir
+
+
+def stage_vocab(out: Path, fdir: Path, n_vocab: int, eos: int, cfg: DataConfig) -> np.ndarray:
+    path = out / "vocab.npz"
+    if path.exists():
+        return np.load(path)["d2t"]
+    counts = np.zeros(n_vocab, np.int64)
+    for shard in read_shards(fdir):
+        np.add.at(counts, shard["tokens"][shard["loss"] == 1], 1)
+    d2t = build_draft_vocab(counts, cfg.draft_vocab, always=(eos,))
+    np.savez(path, d2t=d2t, counts=counts)
+    _log(f"draft vocabulary: {len(d2t)} tokens cover {100 * coverage(counts, d2t):.1f}% of response tokens")
+    return d2t
+
+
+def prepare_data(model_path: str, out: Path, cfg: DataConfig, prompts_file: Optional[Path] = None):
+    """Stages 1-4. Returns (feature dir, d2t, layer ids, target llm)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    llm = llama_cpp.Llama(model_path, n_ctx=512, n_threads=cfg.threads, verbose=False)
+    n_layer = int(llama_cpp.llama_model_n_layer(llm.model))
+    layer_ids = cfg.layer_ids or [2, n_layer // 2, n_layer - 3]
+    chat = ChatTokenizer(llm)
+    gen = BatchedGenerator(llm, n_seq=cfg.n_seq, max_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 8)
+    convs = stage_prompts(out, llm, chat, gen, cfg, prompts_file)
+    samples = stage_samples(out, chat, gen, convs, cfg)
+    gen.close()
+    fdir = stage_features(out, model_path, samples, layer_ids, cfg)
+    d2t = stage_vocab(out, fdir, llm.n_vocab(), llm.token_eos(), cfg)
+    return fdir, d2t, layer_ids, llm
