@@ -44,11 +44,11 @@ def test_llama_cpp_head_matches_reference(spec, arch, tmp_path, targets, n_vocab
     tokens = rng.integers(0, n_vocab, n).astype(np.int32)
 
     g = runner.encode(f)
-    assert rel(g, encode(head, f)) <= 1e-3
+    assert rel(g, encode(head, head.config, f)) <= 1e-3
 
     logits, h = runner.forward(tokens, g, 0)
     cache = KVCache()
-    ref_logits, ref_h = decode(head, tok_embd[tokens], g, np.arange(n), lm_head=lm_head, cache=cache)
+    ref_logits, ref_h = decode(head, head.config, tok_embd[tokens], g, np.arange(n), lm_head=lm_head, cache=cache)
     assert logits.shape == (n, head.config.draft_vocab_size)
     # f32 head: 1e-3. A shared lm_head is the target's Q8_0 matrix, whose matmul quantizes the
     # activations to 8 bits as well: 1e-2 for those logits.
@@ -60,7 +60,7 @@ def test_llama_cpp_head_matches_reference(spec, arch, tmp_path, targets, n_vocab
     t2 = np.array([int(np.argmax(ref_logits[-1]))], dtype=np.int32)
     t2_target = t2 if head.d2t is None else head.d2t[t2].astype(np.int32)
     logits2, h2 = runner.forward(t2_target, h[-1:], n)
-    ref_logits2, ref_h2 = decode(head, tok_embd[t2_target], h[-1:], np.array([n]), lm_head=lm_head, cache=cache)
+    ref_logits2, ref_h2 = decode(head, head.config, tok_embd[t2_target], h[-1:], np.array([n]), lm_head=lm_head, cache=cache)
     assert rel(h2, ref_h2) <= 1e-3
     assert rel(logits2, ref_logits2) <= logit_tol
     llm.close()

@@ -29,8 +29,8 @@ def reference_roundtrip(original: Eagle3Head, written: Eagle3Head, n: int = 8, s
     lm = None if original.lm_head is not None else rng.standard_normal((c.draft_vocab_size, c.hidden_size))
     out = []
     for head in (original, written):
-        g = encode(head, f)
-        logits, h = decode(head, emb, g, np.arange(n), lm_head=lm)
+        g = encode(head, head.config, f)
+        logits, h = decode(head, head.config, emb, g, np.arange(n), lm_head=lm)
         out.append((g, logits, h))
     return max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)) for a, b in zip(*out))
 

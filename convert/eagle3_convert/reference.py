@@ -1,28 +1,64 @@
-"""The EAGLE-3 head's math in NumPy: the one source of truth.
+"""The EAGLE-3 head's math: the one source of truth.
 
-The converter's reference check, the tests (against llama.cpp) and training all use
-these functions. Shapes: n rows (positions), Ht target width, Hd head width,
-Vd draft vocabulary. Computation is float64; inputs may be any float dtype.
+The converter's reference check and the tests run it in NumPy (float64) against
+llama.cpp; the trainer runs the same functions on torch tensors (autograd). Shapes:
+n rows (positions), Ht target width, Hd head width, Vd draft vocabulary.
 
 Pairing: row i consumes (token t[P+1], state g[P]) at RoPE position P (see
 csrc/head_runner.h). For the first draft step g is the encoded target feature
 encode(f[P]); for later steps it is the head's own pre-norm output h of the
 previous step.
+
+Every function takes a `weights` object with the Eagle3Head field names (an
+Eagle3Head of NumPy arrays, or the trainer's module of torch parameters).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from .head import Eagle3Config, Eagle3Head
+from .head import Eagle3Config
 
 
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+# ---- the few array operations that differ between NumPy and torch ---------------------
+
+def _is_np(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def _lib(x: Any) -> Any:
+    if _is_np(x):
+        return np
+    import torch
+
+    return torch
+
+
+def _mean_last(x: Any) -> Any:
+    return x.mean(-1, keepdims=True) if _is_np(x) else x.mean(-1, keepdim=True)
+
+
+def _cat(xs: list, axis: int) -> Any:
+    return np.concatenate(xs, axis=axis) if _is_np(xs[0]) else _lib(xs[0]).cat(xs, dim=axis)
+
+
+def _repeat(x: Any, n: int, axis: int) -> Any:
+    return np.repeat(x, n, axis=axis) if _is_np(x) else x.repeat_interleave(n, dim=axis)
+
+
+def _f(x: Any) -> Any:
+    """NumPy runs in float64; torch keeps the trainer's dtype."""
+    return x.astype(np.float64) if _is_np(x) else x
+
+
+# ---- building blocks -----------------------------------------------------------------------
+
+def rms_norm(x: Any, w: Any, eps: float) -> Any:
+    x = _f(x)
+    return x / _lib(x).sqrt(_mean_last(x * x) + eps) * w
 
 
 def rope_factors(c: Eagle3Config) -> Optional[np.ndarray]:
@@ -42,72 +78,88 @@ def rope_factors(c: Eagle3Config) -> Optional[np.ndarray]:
     return out
 
 
-def rope(x: np.ndarray, pos: np.ndarray, c: Eagle3Config) -> np.ndarray:
-    """HF rotate-half RoPE. x: [n, heads, head_dim], pos: [n]."""
+def rope(x: Any, pos: np.ndarray, c: Eagle3Config) -> Any:
+    """HF rotate-half RoPE. x: [..., n, heads, head_dim], pos: [n] (NumPy ints)."""
     inv = 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
     f = rope_factors(c)
     if f is not None:
         inv = inv / f
-    ang = pos.astype(np.float64)[:, None] * inv[None, :]              # [n, hd/2]
+    ang = np.asarray(pos, dtype=np.float64)[:, None] * inv[None, :]      # [n, hd/2]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    if not _is_np(x):
+        cos, sin = (_lib(x).as_tensor(a, dtype=x.dtype, device=x.device) for a in (cos, sin))
     half = c.head_dim // 2
     x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return _cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def encode(head: Eagle3Head, features: np.ndarray) -> np.ndarray:
-    """f [n, 3*Ht] (low|mid|high) -> g [n, Hd]."""
-    x = features.astype(np.float64)
-    if head.config.norm_before_fc:
-        x = rms_norm(x, head.enc_norm, head.config.rms_norm_eps)
-    return x @ head.fc.astype(np.float64).T
+def encode(w: Any, c: Eagle3Config, features: Any) -> Any:
+    """f [..., 3*Ht] (low|mid|high) -> g [..., Hd]."""
+    x = _f(features)
+    if c.norm_before_fc:
+        x = rms_norm(x, w.enc_norm, c.rms_norm_eps)
+    return x @ _f(w.fc).T
 
+
+def layer_input(w: Any, c: Eagle3Config, token_embd: Any, g: Any) -> tuple[Any, Any]:
+    """(attention input [..., 2*Hd], residual [..., Hd]) for token embeddings and states g."""
+    g = _f(g)
+    e_norm = rms_norm(token_embd, w.input_layernorm, c.rms_norm_eps)
+    g_norm = rms_norm(g, w.hidden_norm, c.rms_norm_eps)
+    return _cat([e_norm, g_norm], axis=-1), (g_norm if c.norm_before_residual else g)
+
+
+def qkv(w: Any, c: Eagle3Config, x: Any, pos: np.ndarray) -> tuple[Any, Any, Any]:
+    """x [..., n, 2*Hd] -> q [..., n, nh, hd], k, v [..., n, nkv, hd] (q, k rotated to pos)."""
+    shape = tuple(x.shape[:-1])
+    q = (x @ w.q_proj.T).reshape(shape + (c.num_attention_heads, c.head_dim))
+    k = (x @ w.k_proj.T).reshape(shape + (c.num_key_value_heads, c.head_dim))
+    v = (x @ w.v_proj.T).reshape(shape + (c.num_key_value_heads, c.head_dim))
+    return rope(q, pos, c), rope(k, pos, c), v
+
+
+def expand_kv(c: Eagle3Config, kv: Any) -> Any:
+    """[..., m, nkv, hd] -> [..., m, nh, hd] (grouped-query attention)."""
+    return _repeat(kv, c.num_attention_heads // c.num_key_value_heads, axis=-2)
+
+
+def finish(w: Any, c: Eagle3Config, attn: Any, residual: Any, lm_head: Optional[Any] = None) -> tuple[Any, Any]:
+    """attention output [..., n, nh*hd] + residual -> (logits [..., n, Vd], pre-norm h [..., n, Hd])."""
+    h = attn @ w.o_proj.T + residual
+    m = rms_norm(h, w.post_attention_layernorm, c.rms_norm_eps)
+    gate, up = m @ w.gate_proj.T, m @ w.up_proj.T
+    h = (gate / (1 + _lib(gate).exp(-gate)) * up) @ w.down_proj.T + h
+    head = w.lm_head if lm_head is None else lm_head
+    return rms_norm(h, w.norm, c.rms_norm_eps) @ _f(head).T, h
+
+
+# ---- inference: one decoder pass with a KV cache ------------------------------------------
 
 @dataclass
 class KVCache:
-    """Keys (after RoPE) and values of earlier rows: [positions, n_kv_heads, head_dim]."""
+    """Keys (after RoPE) and values of earlier rows: lists of [n_kv_heads, head_dim]."""
     k: list = field(default_factory=list)
     v: list = field(default_factory=list)
 
 
-def decode(head: Eagle3Head, token_embd: np.ndarray, g: np.ndarray, pos: np.ndarray,
+def decode(w: Any, c: Eagle3Config, token_embd: np.ndarray, g: np.ndarray, pos: np.ndarray,
            lm_head: Optional[np.ndarray] = None, cache: Optional[KVCache] = None) -> tuple[np.ndarray, np.ndarray]:
-    """One decoder pass over n rows, causal among them and over `cache` (extended in place).
+    """n rows, causal among them and over `cache` (extended in place); NumPy.
 
     token_embd [n, Hd] rows of the token embedding, g [n, Hd], pos [n].
-    Returns (logits [n, Vd], prenorm h [n, Hd]). lm_head defaults to the head's own.
-    """
-    c, eps = head.config, head.config.rms_norm_eps
+    Returns (logits [n, Vd], prenorm h [n, Hd]). lm_head defaults to the head's own."""
     n = token_embd.shape[0]
-    g = g.astype(np.float64)
-    e_norm = rms_norm(token_embd, head.input_layernorm, eps)
-    g_norm = rms_norm(g, head.hidden_norm, eps)
-    residual = g_norm if c.norm_before_residual else g
-    x = np.concatenate([e_norm, g_norm], axis=-1)                        # [n, 2*Hd]
-
-    nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    q = rope((x @ head.q_proj.T).reshape(n, nh, hd), pos, c)
-    k = rope((x @ head.k_proj.T).reshape(n, nkv, hd), pos, c)
-    v = (x @ head.v_proj.T).reshape(n, nkv, hd)
+    x, residual = layer_input(w, c, token_embd, g)
+    q, k, v = qkv(w, c, x, pos)
     cache = cache if cache is not None else KVCache()
     n_past = len(cache.k)
     cache.k.extend(k)
     cache.v.extend(v)
-    K, V = np.stack(cache.k), np.stack(cache.v)                         # [n_past+n, nkv, hd]
-    rep = nh // nkv
-    K, V = np.repeat(K, rep, axis=1), np.repeat(V, rep, axis=1)          # [m, nh, hd]
-    scores = np.einsum("ihd,jhd->hij", q, K) / np.sqrt(hd)               # [nh, n, m]
+    K, V = expand_kv(c, np.stack(cache.k)), expand_kv(c, np.stack(cache.v))   # [m, nh, hd]
+    scores = np.einsum("ihd,jhd->hij", q, K) / np.sqrt(c.head_dim)          # [nh, n, m]
     mask = np.arange(n_past + n)[None, :] > (n_past + np.arange(n))[:, None]
     scores = np.where(mask[None], -np.inf, scores)
-    scores -= scores.max(-1, keepdims=True)
-    p = np.exp(scores)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    attn = np.einsum("hij,jhd->ihd", p, V).reshape(n, nh * hd)
-
-    h = attn @ head.o_proj.T + residual
-    m = rms_norm(h, head.post_attention_layernorm, eps)
-    gate, up = m @ head.gate_proj.T, m @ head.up_proj.T
-    h = (gate / (1 + np.exp(-gate)) * up) @ head.down_proj.T + h        # pre-norm state
-    w = head.lm_head if lm_head is None else lm_head
-    logits = rms_norm(h, head.norm, eps) @ w.astype(np.float64).T
-    return logits, h
+    attn = np.einsum("hij,jhd->ihd", p, V).reshape(n, -1)
+    return finish(w, c, attn, residual, lm_head)

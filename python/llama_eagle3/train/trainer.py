@@ -1,0 +1,191 @@
+"""Training-time-test training of the head on captured features, with checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from eagle3_convert.head import Eagle3Config
+from .features import read_shards
+from .model import HeadModule
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4                 # unrolled draft steps (the chain depth trained for)
+    step_decay: float = 0.8        # loss weight of step k: decay**k
+    epochs: float = 3.0
+    batch_tokens: int = 4096       # padded tokens per optimizer step
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    heldout_fraction: float = 0.05
+    checkpoint_every: int = 100    # optimizer steps
+    seed: int = 0
+    threads: int = 2
+
+
+class Samples:
+    """All samples of the feature shards in memory (features stay fp16 until batched)."""
+
+    def __init__(self, feature_dir: Path, d2t: np.ndarray, n_vocab: int):
+        self.tokens, self.loss, self.feats = [], [], []
+        for shard in read_shards(feature_dir):
+            s = shard["starts"]
+            for a, b in zip(s[:-1], s[1:]):
+                self.tokens.append(shard["tokens"][a:b])
+                self.loss.append(shard["loss"][a:b])
+                self.feats.append(shard["feats"][a:b])
+        self.t2d = np.full(n_vocab, -1, np.int64)
+        self.t2d[d2t] = np.arange(len(d2t))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batches(self, idx: np.ndarray, batch_tokens: int, rng: Optional[np.random.Generator]):
+        """Length-bucketed batches of sample indices, shuffled when rng is given."""
+        order = idx[np.argsort([len(self.tokens[i]) for i in idx], kind="stable")]
+        out, cur, longest = [], [], 0
+        for i in order:
+            longest2 = max(longest, len(self.tokens[i]))
+            if cur and longest2 * (len(cur) + 1) > batch_tokens:
+                out.append(cur)
+                cur, longest2 = [], len(self.tokens[i])
+            cur.append(i)
+            longest = longest2
+        if cur:
+            out.append(cur)
+        if rng is not None:
+            rng.shuffle(out)
+        return out
+
+    def collate(self, batch: list[int], steps: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """feats [B, T, 3Ht], tokens [B, T], and per step k the draft-id targets [B, T] (-100: no loss)
+        of t[P+k+2], counted only on response tokens inside the draft vocabulary."""
+        T = max(len(self.tokens[i]) for i in batch)
+        B, width = len(batch), self.feats[batch[0]].shape[1]
+        feats = np.zeros((B, T, width), np.float32)
+        tokens = np.zeros((B, T), np.int64)
+        loss = np.zeros((B, T), bool)
+        for r, i in enumerate(batch):
+            n = len(self.tokens[i])
+            feats[r, :n] = self.feats[i]
+            tokens[r, :n] = self.tokens[i]
+            loss[r, :n] = self.loss[i] == 1
+        targets = []
+        for k in range(steps):
+            shift = k + 2
+            t = np.full((B, T), -100, np.int64)
+            if shift < T:
+                tgt = self.t2d[tokens[:, shift:]]
+                ok = loss[:, shift:] & (tgt >= 0)
+                t[:, : T - shift] = np.where(ok, tgt, -100)
+            targets.append(torch.from_numpy(t))
+        return torch.from_numpy(feats), torch.from_numpy(tokens), targets
+
+
+def _step_metrics(outs: list[torch.Tensor], targets: list[torch.Tensor], decay: float):
+    loss = torch.zeros(())
+    per_step = []
+    for k, (logits, t) in enumerate(zip(outs, targets)):
+        valid = t >= 0
+        n = int(valid.sum())
+        if n == 0:
+            per_step.append((0.0, 0.0, 0))
+            continue
+        lk = torch.nn.functional.cross_entropy(logits[valid].float(), t[valid])
+        acc = (logits[valid].argmax(-1) == t[valid]).float().mean()
+        loss = loss + decay ** k * lk
+        per_step.append((float(lk), float(acc), n))
+    return loss, per_step
+
+
+def evaluate(model: HeadModule, data: Samples, idx: np.ndarray, cfg: TrainConfig) -> list[float]:
+    """Per-step top-1 accuracy on held-out samples."""
+    hits = np.zeros(cfg.steps)
+    counts = np.zeros(cfg.steps)
+    with torch.no_grad():
+        for batch in data.batches(idx, cfg.batch_tokens, None):
+            feats, tokens, targets = data.collate(batch, cfg.steps)
+            _, per_step = _step_metrics(model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
+            for k, (_, acc, n) in enumerate(per_step):
+                hits[k] += acc * n
+                counts[k] += n
+    return (hits / np.maximum(counts, 1)).tolist()
+
+
+def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=print) -> dict:
+    """Trains in place; resumes from out/checkpoints/last.pt. Returns the training history."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    idx = rng.permutation(len(data))
+    n_held = max(1, int(len(idx) * cfg.heldout_fraction))
+    held, train_idx = idx[:n_held], idx[n_held:]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    epoch_batches = data.batches(train_idx, cfg.batch_tokens, rng)
+    total = max(1, int(len(epoch_batches) * cfg.epochs))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, total - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_dir / "last.pt"
+    history = {"step": [], "loss": [], "step_loss": [], "step_acc": [], "eval_step": [], "eval_acc": []}
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["opt"])
+        step, history = state["step"], state["history"]
+        log(f"resumed from {ckpt} at step {step}/{total} (the epoch's order is drawn anew)")
+
+    def save() -> None:
+        tmp = ckpt_dir / "last.pt.tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+                    "config": asdict(cfg)}, tmp)
+        tmp.rename(ckpt)
+
+    t0 = time.time()
+    batches: list = []
+    while step < total:
+        if not batches:
+            batches = data.batches(train_idx, cfg.batch_tokens, np.random.default_rng(cfg.seed + step))
+        batch = batches.pop()
+        feats, tokens, targets = data.collate(batch, cfg.steps)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss, per_step = _step_metrics(model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        history["step"].append(step)
+        history["loss"].append(float(loss))
+        history["step_loss"].append([p[0] for p in per_step])
+        history["step_acc"].append([p[1] for p in per_step])
+        if step % 10 == 0 or step == total:
+            rate = step / max(time.time() - t0, 1e-9)
+            accs = " ".join(f"{a:.2f}" for _, a, _ in per_step)
+            log(f"step {step}/{total} loss {float(loss):.3f} acc/step [{accs}] lr {lr_at(step):.2e} "
+                f"({rate:.2f} steps/s, ~{(total - step) / max(rate, 1e-9) / 60:.0f} min left)")
+        if step % cfg.checkpoint_every == 0 or step == total:
+            history["eval_step"].append(step)
+            history["eval_acc"].append(evaluate(model, data, held, cfg))
+            log(f"held-out acc/step {[round(a, 3) for a in history['eval_acc'][-1]]}")
+            save()
+    (out / "train_history.json").write_text(json.dumps(history))
+    return history
