@@ -159,3 +159,50 @@ def prepare_data(model_path: str, out: Path, cfg: DataConfig, prompts_file: Opti
     fdir = stage_features(out, model_path, samples, layer_ids, cfg)
     d2t = stage_vocab(out, fdir, llm.n_vocab(), llm.token_eos(), cfg)
     return fdir, d2t, layer_ids, llm
+
+
+def run(model_path: str, out: Path, data_cfg: DataConfig, train_cfg: "TrainConfig",
+        prompts_file: Optional[Path] = None, heldout: Optional[Path] = None, outtype: str = "q8_0") -> dict:
+    """The whole `llama-eagle3 train` command; returns the report."""
+    import torch
+
+    from eagle3_convert.head import Eagle3Config
+    from eagle3_convert.target import gguf_tensor, open_gguf
+    from .export import export
+    from .model import HeadModule
+    from .report import write_report
+    from .trainer import Samples, train
+
+    t_start = time.time()
+    fdir, d2t, layer_ids, llm = prepare_data(model_path, out, data_cfg, prompts_file)
+    t_data = time.time() - t_start
+    m = llm.model
+    n_embd = int(llama_cpp.llama_model_n_embd(m))
+    n_head = int(llama_cpp.llama_model_n_head(m))
+    n_kv = int(llama_cpp.llama_model_n_head_kv(m))
+    reader = open_gguf(Path(model_path))
+    arch = llm.metadata["general.architecture"]
+    embed = gguf_tensor(reader, "token_embd.weight")
+    output = gguf_tensor(reader, "output.weight")
+    output = embed if output is None else output  # tied embeddings
+    ff = int(llm.metadata.get(f"{arch}.feed_forward_length", 4 * n_embd))
+    config = Eagle3Config(
+        hidden_size=n_embd, intermediate_size=ff, num_attention_heads=n_head, num_key_value_heads=n_kv,
+        head_dim=n_embd // n_head, rms_norm_eps=float(llm.metadata.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(llm.metadata.get(f"{arch}.rope.freq_base", 10000.0)), target_hidden_size=n_embd,
+        vocab_size=llm.n_vocab(), draft_vocab_size=len(d2t), target_layers=tuple(layer_ids),  # type: ignore[arg-type]
+        max_position_embeddings=int(llm.metadata.get(f"{arch}.context_length", 4096)), norm_before_fc=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(train_cfg), indent=1))
+    model = HeadModule(config, embed, output[d2t], seed=train_cfg.seed)
+    samples = Samples(fdir, d2t, llm.n_vocab())
+    _log(f"training on {len(samples)} samples, {sum(len(t) for t in samples.tokens)} tokens")
+    t0 = time.time()
+    history = train(model, samples, out, train_cfg, log=_log)
+    t_train = time.time() - t0
+    gguf_path = export(model.to_head(d2t), model_path, out, outtype, log=_log)
+    report = write_report(out, model_path, str(gguf_path), history, heldout,
+                          {"data_seconds": t_data, "train_seconds": t_train, "layer_ids": layer_ids,
+                           "draft_vocab": len(d2t), "samples": len(samples),
+                           "tokens": int(sum(len(t) for t in samples.tokens)), "threads": train_cfg.threads,
+                           "torch_threads": torch.get_num_threads()}, log=_log)
+    return report

@@ -1,0 +1,81 @@
+"""`llama-eagle3`: train a head for your own GGUF, and benchmark it.
+
+    llama-eagle3 train --model model.gguf --out heads/my-head [--prompts prompts.jsonl]
+    llama-eagle3 bench --model model.gguf --head head.gguf --prompts prompts.jsonl [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def _train(a: argparse.Namespace) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit("llama-eagle3 train needs torch: pip install 'llama-eagle3[train]'")
+    from .train.pipeline import DataConfig, run
+    from .train.trainer import TrainConfig
+
+    data = DataConfig(n_prompts=a.n_prompts, max_new_tokens=a.max_new_tokens, draft_vocab=a.draft_vocab,
+                      layer_ids=a.layers, seed=a.seed, threads=a.threads)
+    train = TrainConfig(epochs=a.epochs, steps=a.ttt_steps, lr=a.lr, seed=a.seed, threads=a.threads,
+                        batch_tokens=a.batch_tokens)
+    run(a.model, Path(a.out), data, train, a.prompts, heldout=a.heldout, outtype=a.outtype)
+
+
+def _bench(a: argparse.Namespace) -> None:
+    from .bench import bench, print_table, save
+
+    s = bench(a.model, a.head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
+              methods=tuple(a.methods.split(",")))
+    print_table(s)
+    save(s, a.json)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="llama-eagle3", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train an EAGLE-3 head against a GGUF target (self-distillation)")
+    t.add_argument("--model", required=True, help="the target GGUF")
+    t.add_argument("--out", required=True, help="output directory (stages resume from its files)")
+    t.add_argument("--prompts", type=Path, default=None, help=".txt, .jsonl or ShareGPT prompts (default: the "
+                                                               "target writes its own)")
+    t.add_argument("--heldout", type=Path, default=None, help="prompts for the report's acceptance measurement")
+    t.add_argument("--n-prompts", type=int, default=800)
+    t.add_argument("--max-new-tokens", type=int, default=192)
+    t.add_argument("--draft-vocab", type=int, default=8192)
+    t.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="capture layers ('input of layer' ids); default 2,N//2,N-3")
+    t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--ttt-steps", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-tokens", type=int, default=4096)
+    t.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="q8_0")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.set_defaults(func=_train)
+
+    b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3, interleaved, greedy")
+    b.add_argument("--model", required=True)
+    b.add_argument("--head", required=True)
+    b.add_argument("--prompts", required=True, help=".txt or .jsonl prompts")
+    b.add_argument("--max-tokens", type=int, default=200)
+    b.add_argument("--draft-max", type=int, default=4)
+    b.add_argument("--p-min", type=float, default=0.0)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--methods", default="plain,lookup,eagle3")
+    b.add_argument("--json", type=Path, default=None)
+    b.set_defaults(func=_bench)
+
+    a = p.parse_args(argv)
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`llama-eagle3 train` end to end: a smoke configuration on a tiny target and on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import llama_cpp
+import pytest
+
+pytest.importorskip("torch")
+
+from llama_eagle3 import Llama  # noqa: E402
+
+
+def train_cmd(model, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "llama_eagle3.cli", "train", "--model", str(model), "--out", str(out),
+            "--n-prompts", "16", "--max-new-tokens", "24", "--epochs", "2", "--batch-tokens", "512",
+            "--draft-vocab", "64", "--outtype", "f32", *extra]
+
+
+def test_train_tiny_target_end_to_end(tmp_path, targets):
+    out = tmp_path / "head"
+    r = subprocess.run(train_cmd(targets["llama"], out), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for f in ("prompts.jsonl", "samples.jsonl", "vocab.npz", "config.json", "model.safetensors", "head.gguf",
+              "report.json", "report.png", "checkpoints/last.pt"):
+        assert (out / f).exists(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and cfg["draft_vocab_size"] == 64
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 3, 4]  # SpecForge: output of layer i
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["final_heldout_accuracy_per_step"]) == 4
+
+    # the trained head runs and stays lossless
+    plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=256, verbose=False, flash_attn=True)
+    spec = Llama(str(targets["llama"]), n_ctx=256, verbose=False, eagle3_head=str(out / "head.gguf"), eagle3_p_min=0.0)
+    for p in ("the cat", "in the beginning"):
+        assert spec(p, max_tokens=30, temperature=0.0)["choices"][0]["text"] == \
+            plain(p, max_tokens=30, temperature=0.0)["choices"][0]["text"]
+
+    # a second run resumes from every stage's files instead of redoing them
+    r2 = subprocess.run(train_cmd(targets["llama"], out), capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert "resumed from" in r2.stdout and "answers" not in r2.stdout
