@@ -3,8 +3,8 @@
     python examples/demo.py [--head head.gguf] [--prompt "..."] [--max-tokens 200]
 
 Prints both answers' tokens/s, the mean accepted length and whether the outputs are identical.
-Without --head it uses a head with random weights (no trained SmolLM2 head ships yet): that
-shows the machinery and the losslessness, not a speed-up.
+Without --head it uses the head this repository ships for SmolLM2 (heads/smollm2-135m-instruct,
+trained with `llama-eagle3 train`); --random-head uses an untrained one instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from eagle3_convert.cli import convert
 from eagle3_convert.random_head import SMOLLM2_135M, write_random_head
 from llama_eagle3 import Llama
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache"
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+SHIPPED_HEAD = ROOT / "heads" / "smollm2-135m-instruct" / "head.gguf"
 
 
 def smollm2_path() -> Path:
@@ -55,17 +57,21 @@ def stream(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int, label: s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head", type=Path, default=None, help="EAGLE-3 head GGUF for SmolLM2 (default: random)")
+    p.add_argument("--head", type=Path, default=None, help="EAGLE-3 head GGUF for SmolLM2 (default: the shipped one)")
+    p.add_argument("--random-head", action="store_true", help="use an untrained head (machinery only)")
+    p.add_argument("--draft-max", type=int, default=4)
     p.add_argument("--prompt", default="Write a short story about a robot who learns to paint.")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
 
     target = smollm2_path()
-    head = a.head or random_head(target)
+    head = random_head(target) if a.random_head else (a.head or SHIPPED_HEAD)
+    if not head.exists():
+        sys.exit(f"no head at {head}: pass --head, or --random-head to see the machinery with an untrained one")
     common = dict(n_ctx=2048, n_threads=a.threads, verbose=False, flash_attn=True)
     plain = llama_cpp.Llama(str(target), **common)
-    spec = Llama(str(target), eagle3_head=str(head), **common)
+    spec = Llama(str(target), eagle3_head=str(head), eagle3_draft_max=a.draft_max, **common)
     messages = [{"role": "user", "content": a.prompt}]
     stream(plain, messages, 8, "warm-up")
     spec.create_chat_completion(messages, max_tokens=8, temperature=0.0)
@@ -82,7 +88,7 @@ def main() -> None:
           f"({s['drafted']} drafted, {s['accepted']} accepted, {s['plain_steps']} plain steps); "
           f"acceptance per position {[round(x, 2) for x in s['acceptance_at']]}")
     print(f"outputs identical: {text_a == text_b}")
-    if a.head is None:
+    if a.random_head:
         print("note: random head, so drafts are rarely confident enough to be tried; train or convert a real head")
     sys.exit(0 if text_a == text_b else 1)
 

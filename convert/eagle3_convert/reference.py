@@ -123,14 +123,18 @@ def expand_kv(c: Eagle3Config, kv: Any) -> Any:
     return _repeat(kv, c.num_attention_heads // c.num_key_value_heads, axis=-2)
 
 
-def finish(w: Any, c: Eagle3Config, attn: Any, residual: Any, lm_head: Optional[Any] = None) -> tuple[Any, Any]:
-    """attention output [..., n, nh*hd] + residual -> (logits [..., n, Vd], pre-norm h [..., n, Hd])."""
+def block_out(w: Any, c: Eagle3Config, attn: Any, residual: Any) -> Any:
+    """attention output [..., n, nh*hd] + residual -> pre-norm state h [..., n, Hd]."""
     h = attn @ w.o_proj.T + residual
     m = rms_norm(h, w.post_attention_layernorm, c.rms_norm_eps)
     gate, up = m @ w.gate_proj.T, m @ w.up_proj.T
-    h = (gate / (1 + _lib(gate).exp(-gate)) * up) @ w.down_proj.T + h
+    return (gate / (1 + _lib(gate).exp(-gate)) * up) @ w.down_proj.T + h
+
+
+def logits(w: Any, c: Eagle3Config, h: Any, lm_head: Optional[Any] = None) -> Any:
+    """pre-norm state h [..., Hd] -> draft-vocabulary logits [..., Vd] (lm_head: the head's own by default)."""
     head = w.lm_head if lm_head is None else lm_head
-    return rms_norm(h, w.norm, c.rms_norm_eps) @ _f(head).T, h
+    return rms_norm(h, w.norm, c.rms_norm_eps) @ _f(head).T
 
 
 # ---- inference: one decoder pass with a KV cache ------------------------------------------
@@ -162,4 +166,5 @@ def decode(w: Any, c: Eagle3Config, token_embd: np.ndarray, g: np.ndarray, pos: 
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     attn = np.einsum("hij,jhd->ihd", p, V).reshape(n, -1)
-    return finish(w, c, attn, residual, lm_head)
+    h = block_out(w, c, attn, residual)
+    return logits(w, c, h, lm_head), h

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from eagle3_convert.head import Eagle3Config, Eagle3Head, expected_shapes
-from eagle3_convert.reference import encode, expand_kv, finish, layer_input, qkv
+from eagle3_convert.reference import block_out, encode, expand_kv, layer_input, qkv
 
 _MATRICES = ("fc", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _NORMS = ("input_layernorm", "hidden_norm", "post_attention_layernorm", "norm")
@@ -36,7 +36,8 @@ class HeadModule(torch.nn.Module):
         self.register_buffer("embed", torch.as_tensor(token_embd, dtype=torch.float32), persistent=False)
 
     def ttt(self, feats: torch.Tensor, tokens: torch.Tensor, steps: int) -> list[torch.Tensor]:
-        """Draft-vocabulary logits of every unrolled step: feats [B, T, 3*Ht], tokens [B, T].
+        """Pre-norm states h [B, T, Hd] of every unrolled step (reference.logits turns them into
+        draft-vocabulary logits): feats [B, T, 3*Ht], tokens [B, T].
 
         Step k at row P reproduces draft step k after a draft that starts with the pair
         (t[P+1], g[P]): input (t[P+k+1], h_{k-1}[P]) at position P+k, attending to the
@@ -75,8 +76,8 @@ class HeadModule(torch.nn.Module):
             attn = p[..., :T] @ V0
             for j, dv in enumerate(diag_v):
                 attn = attn + p[..., T + j : T + j + 1] * dv
-            logits, h = finish(self, c, attn.transpose(1, 2).reshape(B, T, -1), residual)
-            outs.append(logits)
+            h = block_out(self, c, attn.transpose(1, 2).reshape(B, T, -1), residual)
+            outs.append(h)
         return outs
 
     def to_head(self, d2t: Optional[np.ndarray]) -> Eagle3Head:

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from eagle3_convert.head import Eagle3Config
+from eagle3_convert.reference import logits
 from .features import read_shards
 from .model import HeadModule
 
@@ -92,17 +92,19 @@ class Samples:
         return torch.from_numpy(feats), torch.from_numpy(tokens), targets
 
 
-def _step_metrics(outs: list[torch.Tensor], targets: list[torch.Tensor], decay: float):
+def _step_metrics(model: HeadModule, hs: list[torch.Tensor], targets: list[torch.Tensor], decay: float):
+    """Weighted loss and (loss, top-1 accuracy, rows) per step; logits only where a target exists."""
     loss = torch.zeros(())
     per_step = []
-    for k, (logits, t) in enumerate(zip(outs, targets)):
+    for k, (h, t) in enumerate(zip(hs, targets)):
         valid = t >= 0
         n = int(valid.sum())
         if n == 0:
             per_step.append((0.0, 0.0, 0))
             continue
-        lk = torch.nn.functional.cross_entropy(logits[valid].float(), t[valid])
-        acc = (logits[valid].argmax(-1) == t[valid]).float().mean()
+        z = logits(model, model.config, h[valid])
+        lk = torch.nn.functional.cross_entropy(z, t[valid])
+        acc = (z.argmax(-1) == t[valid]).float().mean()
         loss = loss + decay ** k * lk
         per_step.append((float(lk), float(acc), n))
     return loss, per_step
@@ -115,7 +117,7 @@ def evaluate(model: HeadModule, data: Samples, idx: np.ndarray, cfg: TrainConfig
     with torch.no_grad():
         for batch in data.batches(idx, cfg.batch_tokens, None):
             feats, tokens, targets = data.collate(batch, cfg.steps)
-            _, per_step = _step_metrics(model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
+            _, per_step = _step_metrics(model, model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
             for k, (_, acc, n) in enumerate(per_step):
                 hits[k] += acc * n
                 counts[k] += n
@@ -167,7 +169,7 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
         feats, tokens, targets = data.collate(batch, cfg.steps)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss, per_step = _step_metrics(model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
+        loss, per_step = _step_metrics(model, model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
