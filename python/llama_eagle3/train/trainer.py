@@ -94,7 +94,7 @@ class Samples:
 
 def _step_metrics(model: HeadModule, hs: list[torch.Tensor], targets: list[torch.Tensor], decay: float):
     """Weighted loss and (loss, top-1 accuracy, rows) per step; logits only where a target exists."""
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=model.lm_head.device)
     per_step = []
     for k, (h, t) in enumerate(zip(hs, targets)):
         valid = t >= 0
@@ -110,13 +110,21 @@ def _step_metrics(model: HeadModule, hs: list[torch.Tensor], targets: list[torch
     return loss, per_step
 
 
+def _device(model: HeadModule) -> torch.device:
+    return model.lm_head.device
+
+
+def _to(device: torch.device, feats: torch.Tensor, tokens: torch.Tensor, targets: list[torch.Tensor]):
+    return feats.to(device), tokens.to(device), [t.to(device) for t in targets]
+
+
 def evaluate(model: HeadModule, data: Samples, idx: np.ndarray, cfg: TrainConfig) -> list[float]:
     """Per-step top-1 accuracy on held-out samples."""
     hits = np.zeros(cfg.steps)
     counts = np.zeros(cfg.steps)
     with torch.no_grad():
         for batch in data.batches(idx, cfg.batch_tokens, None):
-            feats, tokens, targets = data.collate(batch, cfg.steps)
+            feats, tokens, targets = _to(_device(model), *data.collate(batch, cfg.steps))
             _, per_step = _step_metrics(model, model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
             for k, (_, acc, n) in enumerate(per_step):
                 hits[k] += acc * n
@@ -125,9 +133,13 @@ def evaluate(model: HeadModule, data: Samples, idx: np.ndarray, cfg: TrainConfig
 
 
 def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=print) -> dict:
-    """Trains in place; resumes from out/checkpoints/last.pt. Returns the training history."""
+    """Trains in place (on the GPU when torch sees one); resumes from out/checkpoints/last.pt.
+    Returns the training history."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    if torch.cuda.is_available():
+        model.cuda()
+    log(f"training on {_device(model)}")
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(data))
     n_held = max(1, int(len(idx) * cfg.heldout_fraction))
@@ -148,7 +160,7 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
     history = {"step": [], "loss": [], "step_loss": [], "step_acc": [], "eval_step": [], "eval_acc": []}
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=_device(model))
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
         step, history = state["step"], state["history"]
@@ -166,7 +178,7 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
         if not batches:
             batches = data.batches(train_idx, cfg.batch_tokens, np.random.default_rng(cfg.seed + step))
         batch = batches.pop()
-        feats, tokens, targets = data.collate(batch, cfg.steps)
+        feats, tokens, targets = _to(_device(model), *data.collate(batch, cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         loss, per_step = _step_metrics(model, model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
