@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import tiny_models as tm
 from eagle3_convert.gguf_io import read_head_gguf, write_head_gguf
 from eagle3_convert.target import target_from_gguf
 

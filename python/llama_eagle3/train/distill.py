@@ -7,7 +7,6 @@ next prompt.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Callable, Optional, Sequence
 
 import numpy as np

@@ -61,7 +61,8 @@ class HeadModule(torch.nn.Module):
         scale = 1.0 / math.sqrt(c.head_dim)
         diag_k: list[torch.Tensor] = []
         diag_v: list[torch.Tensor] = []
-        outs = []
+        outs: list[torch.Tensor] = []
+        h = g  # step k > 0 feeds the previous step's output
         for k in range(steps):
             if k > 0:
                 x, residual = layer_input(self, c, token_rows(k + 1), h)

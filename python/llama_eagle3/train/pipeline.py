@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .distill import BatchedGenerator
 from .features import FeatureExtractor, read_shards, write_shards
 from .prompts import Messages, clean_request, load_prompts, request_writing_prompts
 from .vocab import build_draft_vocab, coverage
+
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
 
 
 @dataclass
