@@ -106,7 +106,7 @@ def _step_metrics(model: HeadModule, hs: list[torch.Tensor], targets: list[torch
         lk = torch.nn.functional.cross_entropy(z, t[valid])
         acc = (z.argmax(-1) == t[valid]).float().mean()
         loss = loss + decay ** k * lk
-        per_step.append((float(lk), float(acc), n))
+        per_step.append((float(lk.detach()), float(acc), n))
     return loss, per_step
 
 
