@@ -59,7 +59,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", type=Path, default=None, help="EAGLE-3 head GGUF for SmolLM2 (default: the shipped one)")
     p.add_argument("--random-head", action="store_true", help="use an untrained head (machinery only)")
-    p.add_argument("--draft-max", type=int, default=4)
+    p.add_argument("--draft-max", type=int, default=3)
     p.add_argument("--prompt", default="Write a short story about a robot who learns to paint.")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
