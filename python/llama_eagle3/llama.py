@@ -208,10 +208,9 @@ class Llama(llama_cpp.Llama):
                     break
                 longest += 1
             want = longest - 1 if longest == len(tokens) else longest  # re-evaluate >= 1 token
-            if want > 0 and self._ctx.kv_cache_seq_rm(-1, want, -1):
-                keep = self._truncate(want)
-                if keep > 0:
-                    return tokens[keep:]
+            keep = self._truncate(want) if want > 0 else 0
+            if keep > 0:
+                return tokens[keep:]
         if reset or self.n_tokens == 0:
             self.reset()
             return tokens

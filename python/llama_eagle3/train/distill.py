@@ -12,8 +12,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .._native import llama_cpp
-
-C = llama_cpp.llama_cpp if hasattr(llama_cpp, "llama_cpp") else llama_cpp
+from llama_cpp import llama_cpp as C
 
 
 class BatchedGenerator:
