@@ -101,12 +101,12 @@ PYBIND11_MODULE(_core, m) {
         })
         .def("draft", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0, int32_t n_max, float p_min) {
             check_rows(g, tokens.size(), h.n_embd(), "g");
-            DraftResult r;
+            std::vector<int32_t> r;
             {
                 py::gil_scoped_release release;
                 r = h.draft(tokens.data(), g.data(), tokens.size(), pos0, n_max, p_min);
             }
-            return py::make_tuple(r.tokens, r.probs);
+            return r;
         })
         .def("forward", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0) {
             const int64_t n = tokens.size();

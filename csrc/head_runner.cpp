@@ -134,8 +134,7 @@ void HeadRunner::extend(const int32_t * tokens, const float * g, int64_t n, int3
     }
 }
 
-// Top-1 over the draft vocabulary and its softmax probability within it.
-int32_t HeadRunner::top1(int32_t batch_idx, float & prob) const {
+int32_t HeadRunner::top1(int32_t batch_idx, float * prob) const {
     const float * logits = llama_get_logits_ith(ctx_, batch_idx);
     if (logits == nullptr) {
         throw std::runtime_error("EAGLE-3 head produced no logits");
@@ -151,17 +150,19 @@ int32_t HeadRunner::top1(int32_t batch_idx, float & prob) const {
             best = i;
         }
     }
-    double sum = 0.0;
-    for (int32_t i = 0; i < n; ++i) {
-        sum += std::exp((double) (logits[id(i)] - best_logit));
+    if (prob != nullptr) {
+        double sum = 0.0;
+        for (int32_t i = 0; i < n; ++i) {
+            sum += std::exp((double) (logits[id(i)] - best_logit));
+        }
+        *prob = (float) (1.0 / sum);
     }
-    prob = (float) (1.0 / sum);
     return id(best);
 }
 
-DraftResult HeadRunner::draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int32_t n_max,
-                              float p_min) {
-    DraftResult res;
+std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
+                                       int32_t n_max, float p_min) {
+    std::vector<int32_t> res;
     if (n <= 0) {
         throw std::invalid_argument("draft() needs at least one (token, g) pair");
     }
@@ -170,15 +171,14 @@ DraftResult HeadRunner::draft(const int32_t * tokens, const float * g, int64_t n
     int32_t pos = pos0 + (int32_t) n;
     int32_t row = -1;  // the last output row of the latest decode
     std::vector<float> h(n_embd_);
-    while ((int32_t) res.tokens.size() < n_max) {
-        float p = 0.0f;
-        const int32_t t = top1(row, p);
+    while ((int32_t) res.size() < n_max) {
+        float p = 1.0f;
+        const int32_t t = top1(row, p_min > 0.0f ? &p : nullptr);
         if (p < p_min) {
             break;
         }
-        res.tokens.push_back(t);
-        res.probs.push_back(p);
-        if ((int32_t) res.tokens.size() == n_max) {
+        res.push_back(t);
+        if ((int32_t) res.size() == n_max) {
             break;
         }
         const float * prenorm = llama_get_embeddings_nextn_ith(ctx_, row);

@@ -35,11 +35,6 @@ struct HeadParams {
     int32_t n_gpu_layers = 0;
 };
 
-struct DraftResult {
-    std::vector<int32_t> tokens;  // target vocabulary ids
-    std::vector<float>   probs;   // head's probability of each, within the draft vocabulary
-};
-
 class HeadRunner {
 public:
     // draft_to_target: absolute target id of every draft id (empty: the draft vocabulary
@@ -61,8 +56,9 @@ public:
     void extend(const int32_t * tokens, const float * g, int64_t n, int32_t pos0);
 
     // extend() with the last pair's outputs kept, then up to n_max chain steps; stops
-    // early when the head's top-1 probability falls below p_min.
-    DraftResult draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
+    // early when the head's top-1 probability (within the draft vocabulary) falls below p_min.
+    // Returns target vocabulary ids.
+    std::vector<int32_t> draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
                       int32_t n_max, float p_min);
 
     // Every row's draft-vocabulary logits [n, Vd] and pre-norm state [n, Hd] for pairs at
@@ -75,7 +71,8 @@ public:
 private:
     void decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, bool all_outputs);
     void process(int type, const char * what);
-    int32_t top1(int32_t batch_idx, float & prob) const;
+    // top-1 draft token (target id) of an output row; *prob: its probability, if asked for
+    int32_t top1(int32_t batch_idx, float * prob) const;
 
     llama_model *        model_ = nullptr;
     llama_context *      ctx_   = nullptr;

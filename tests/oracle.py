@@ -12,7 +12,6 @@ class OracleProposer:
         self.references = references
         self.error_rate = error_rate
         self.rng = np.random.default_rng(seed)
-        self.proposed = 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -26,10 +25,9 @@ class OracleProposer:
                 truth = ref[n + 1 : n + 1 + n_max]
                 break
         else:
-            return [], []
+            return []
         drafts = [t if self.rng.random() >= self.error_rate else (t + 1) % 200 for t in truth]
-        self.proposed += len(drafts)
-        return drafts, [1.0] * len(drafts)
+        return drafts
 
 
 def install(llm, references: list[list[int]], error_rate: float = 0.25, seed: int = 0) -> OracleProposer:

@@ -26,7 +26,6 @@ class GreedyDrafter:
 
     def __init__(self, inner, greedy_llm: llama_cpp.Llama):
         self.inner, self.greedy, self.cache = inner, greedy_llm, {}
-        self.proposed = 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -42,8 +41,7 @@ class GreedyDrafter:
                 if len(out) == n_max:
                     break
             self.cache[(ctx, n_max)] = out
-        self.proposed += n_max
-        return list(self.cache[(ctx, n_max)]), [1.0] * n_max
+        return list(self.cache[(ctx, n_max)])
 
 
 def outcomes(llm) -> Counter:

@@ -72,14 +72,19 @@ class FeatureCapture:
         if self.mode == "builtin":
             core.builtin_enable(self._ctx, self.layer_ids)
 
-    def begin(self) -> None:
+    def decode(self, llm: "llama_cpp.Llama", chunk: Sequence[int], n_past: int, first_logit: int) -> np.ndarray:
+        """One llama_decode of chunk at positions n_past.. in llm's context, with logits on rows
+        first_logit.. (every row when llm has logits_all, the last row always), and the states
+        it captured: [len(chunk), 3*Ht]."""
+        llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=llm._logits_all)
+        for j in range(max(first_logit, 0), len(chunk)):
+            llm._batch.batch.logits[j] = True
         if self._hook is not None:
             self._hook.begin()
-
-    def rows(self, n: int) -> np.ndarray:
+        llm._ctx.decode(llm._batch)
         if self._hook is not None:
             out = self._hook.take()
-            if out.shape[0] != n:
-                raise RuntimeError(f"hidden-state hook captured {out.shape[0]} rows for a decode of {n} tokens")
+            if out.shape[0] != len(chunk):
+                raise RuntimeError(f"hidden-state hook captured {out.shape[0]} rows for a decode of {len(chunk)} tokens")
             return out
-        return core.builtin_read(self._ctx, self.layer_ids, self.n_embd, n)
+        return core.builtin_read(self._ctx, self.layer_ids, self.n_embd, len(chunk))

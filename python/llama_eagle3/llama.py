@@ -154,7 +154,7 @@ class Llama(llama_cpp.Llama):
 
     def _truncate(self, m: int) -> int:
         """Keeps target positions [0, keep) with keep <= m chosen so both invariants hold."""
-        keep = self._spec.truncate(m) if self._spec is not None else m
+        keep = self._spec.truncate(m)
         if keep < self.n_tokens:
             self._ctx.kv_cache_seq_rm(-1, keep, -1)
         self.n_tokens = keep
@@ -163,34 +163,24 @@ class Llama(llama_cpp.Llama):
 
     def _decode(self, tokens: Sequence[int], n_logits: int) -> None:
         """Evaluates tokens at n_tokens.. (n_batch chunks) with logits on the last n_logits rows
-        (all rows with logits_all) and hands their features to the proposer."""
-        if self._spec is not None and self._spec.feature_end > self.n_tokens:
-            # a generation stopped between committed tokens: drop the features past n_tokens too
-            if self._truncate(self.n_tokens) != self.n_tokens:
-                raise RuntimeError("llama-eagle3: the head's state fell out of step with the target")
+        (all rows with logits_all) and hands their features to the proposer. Callers first bring
+        the proposer in step with n_tokens (_truncate / _resync)."""
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
         n_total = len(tokens)
         for i in range(0, n_total, self.n_batch):
             chunk = tokens[i : min(n_total, i + self.n_batch)]
             n_past, n = self.n_tokens, len(chunk)
-            self._batch.set_batch(batch=chunk, n_past=n_past, logits_all=self._logits_all)
-            first_logit = n_total - n_logits - i
-            if first_logit < n:
-                for j in range(max(first_logit, 0), n):
-                    self._batch.batch.logits[j] = True
-            if self._capture is not None:
-                self._capture.begin()
-            self._ctx.decode(self._batch)
+            features = self._capture.decode(self, chunk, n_past, n_total - n_logits - i)
             self.input_ids[n_past : n_past + n] = chunk
             if self._logits_all:
                 logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n * self._n_vocab,))
                 self.scores[n_past : n_past + n, :].reshape(-1)[::] = logits
             self.n_tokens += n
             self._requires_eval = False
-            if self._spec is not None and n_past + n <= self._ctx_limit:
+            if n_past + n <= self._ctx_limit:
                 # past the limit llama-cpp-python stops tracking tokens; the proposer falls behind
                 # (no drafting there) and prefix reuse re-evaluates what it lacks
-                self._spec.observe(self._capture.rows(n), self.input_ids)
+                self._spec.observe(features, self.input_ids)
 
     def eval(self, tokens: Sequence[int]) -> None:
         if self._spec is None:
@@ -281,7 +271,7 @@ class Llama(llama_cpp.Llama):
             n_max = min(self.eagle3_draft_max, room)
             if n_max > 0 and self._spec.feature_end == n0 and n0 > 0:
                 t0 = time.perf_counter()
-                drafts, _ = self._spec.propose(self.input_ids, pending[0], n_max, self.eagle3_p_min)
+                drafts = self._spec.propose(self.input_ids, pending[0], n_max, self.eagle3_p_min)
                 stats.draft_seconds += time.perf_counter() - t0
         batch = pending + drafts
         t0 = time.perf_counter()

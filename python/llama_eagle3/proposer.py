@@ -76,21 +76,21 @@ class Eagle3Proposer:
         self.runner.truncate(self.head_n)
         return self.head_n
 
-    def propose(self, input_ids: np.ndarray, next_token: int, n_max: int, p_min: float) -> tuple[list[int], list[float]]:
+    def propose(self, input_ids: np.ndarray, next_token: int, n_max: int, p_min: float) -> list[int]:
         """Draft up to n_max tokens that follow next_token (the target's token at feature_end).
 
         Requires pending rows (the target evaluated at least one position since the last round)."""
         if self._n_pending == 0 or n_max <= 0:
-            return [], []
+            return []
         rows = self._pending_rows()
         n = len(rows)
         tokens = np.empty(n, dtype=np.int32)
         tokens[: n - 1] = input_ids[self.head_n + 1 : self.head_n + n]
         tokens[n - 1] = next_token
-        drafts, probs = self.runner.draft(tokens, rows, self.head_n, n_max, p_min)
+        drafts = self.runner.draft(tokens, rows, self.head_n, n_max, p_min)
         self.head_n += n
         self._pending, self._n_pending = [], 0
-        return drafts, probs
+        return drafts
 
     def close(self) -> None:
         self.runner = None  # type: ignore[assignment]  # frees the head's context and model

@@ -36,13 +36,8 @@ class FeatureExtractor:
         llm = self.llm
         llm.reset()
         llm._ctx.kv_cache_clear()
-        rows = []
-        for i in range(0, len(tokens), llm.n_batch):
-            chunk = list(tokens[i : i + llm.n_batch])
-            llm._batch.set_batch(batch=chunk, n_past=i, logits_all=False)
-            self.capture.begin()
-            llm._ctx.decode(llm._batch)
-            rows.append(self.capture.rows(len(chunk)))
+        rows = [self.capture.decode(llm, list(tokens[i : i + llm.n_batch]), i, llm.n_batch)
+                for i in range(0, len(tokens), llm.n_batch)]
         return np.concatenate(rows)
 
 
