@@ -9,11 +9,14 @@ hidden_states[L]), valid ids 1..n_layer-1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .errors import ConversionError
+
+if TYPE_CHECKING:
+    from .target import TargetInfo
 
 
 @dataclass
@@ -132,6 +135,3 @@ def check_against_target(config: Eagle3Config, target: "TargetInfo", has_embed_t
     if not has_embed_tokens and config.hidden_size != target.n_embd:
         raise ConversionError(f"head has no embed_tokens and hidden size {config.hidden_size}, so it must share the "
                               f"target's token embedding, but {where} has hidden size {target.n_embd}")
-
-
-from .target import TargetInfo  # noqa: E402  (annotation only; target.py does not import head.py)
