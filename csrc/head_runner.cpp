@@ -94,18 +94,18 @@ void HeadRunner::truncate(int32_t pos) {
     llama_memory_seq_rm(llama_get_memory(ctx_), 0, std::max<int32_t>(pos, 0), -1);
 }
 
-// Decodes the pairs in n_batch chunks; outputs the last row (or every row).
-void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, bool all_outputs) {
+void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, Read read) {
     if (pos0 < 0 || pos0 + n > n_ctx_) {
         throw std::out_of_range("EAGLE-3 head positions [" + std::to_string(pos0) + ", " + std::to_string(pos0 + n) +
                                 ") exceed its context of " + std::to_string(n_ctx_));
     }
-    if (all_outputs && n > n_batch_) {
+    if (read == Read::all && n > n_batch_) {
         throw std::invalid_argument("forward() takes at most n_batch rows");
     }
     truncate(pos0);
     for (int64_t i = 0; i < n; i += n_batch_) {
         const int64_t m = std::min<int64_t>(n_batch_, n - i);
+        const bool read_chunk = read != Read::none && i + m == n;  // see the header: every row or none
         llama_batch_ext_clear(batch_);
         for (int64_t j = 0; j < m; ++j) {
             const int64_t r = i + j;
@@ -118,7 +118,7 @@ void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n
             if (idx < 0 || !llama_batch_ext_set_pos(batch_, idx, &pos) || !llama_batch_ext_set_embd_token(batch_, idx, e)) {
                 throw std::runtime_error("could not build the EAGLE-3 decoder batch");
             }
-            if (all_outputs || r == n - 1) {
+            if (read_chunk || r == n - 1) {
                 llama_batch_ext_set_output_logits(batch_, idx, true);
             }
         }
@@ -128,7 +128,7 @@ void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n
 
 void HeadRunner::extend(const int32_t * tokens, const float * g, int64_t n, int32_t pos0) {
     if (n > 0) {
-        decode_pairs(tokens, g, n, pos0, false);
+        decode_pairs(tokens, g, n, pos0, Read::none);
     } else {
         truncate(pos0);
     }
@@ -167,7 +167,7 @@ std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, 
         throw std::invalid_argument("draft() needs at least one (token, g) pair");
     }
     n_max = std::min<int32_t>(n_max, n_ctx_ - (pos0 + (int32_t) n));
-    decode_pairs(tokens, g, n, pos0, false);
+    decode_pairs(tokens, g, n, pos0, Read::last);
     int32_t pos = pos0 + (int32_t) n;
     int32_t row = -1;  // the last output row of the latest decode
     std::vector<float> h(n_embd_);
@@ -186,7 +186,7 @@ std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, 
             throw std::runtime_error("EAGLE-3 head produced no pre-norm state");
         }
         std::memcpy(h.data(), prenorm, (size_t) n_embd_ * sizeof(float));
-        decode_pairs(&t, h.data(), 1, pos, false);
+        decode_pairs(&t, h.data(), 1, pos, Read::last);
         ++pos;
     }
     return res;
@@ -194,7 +194,7 @@ std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, 
 
 void HeadRunner::forward(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, std::vector<float> & logits,
                          std::vector<float> & prenorm) {
-    decode_pairs(tokens, g, n, pos0, true);
+    decode_pairs(tokens, g, n, pos0, Read::all);
     const int32_t nd = d2t_.empty() ? n_vocab_ : (int32_t) d2t_.size();
     logits.resize((size_t) n * nd);
     prenorm.resize((size_t) n * n_embd_);

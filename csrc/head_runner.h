@@ -12,6 +12,11 @@
 //   it is known (the target's next sampled token). A chain draft step then feeds
 //   (draft token d_k, h of the previous step) at the next position.
 //
+// llama.cpp's eagle3 decoder graph computes logits and h for every row of the ubatch and
+// ignores the output mask; llama.cpp then copies the first n_outputs rows. A decode whose
+// outputs are read therefore marks every row of its (last) ubatch as an output, so that
+// output row i is batch row i (marking only the last row would hand back row 0's values).
+//
 // KV invariant kept by the caller: positions [0, n_valid) hold pairs built from true
 // target features; everything from n_valid on is speculative and is dropped
 // (seq_rm) by the next extend()/draft() call that starts at n_valid.
@@ -69,7 +74,10 @@ public:
     void truncate(int32_t pos);  // drop KV positions >= pos
 
 private:
-    void decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, bool all_outputs);
+    // which rows are read afterwards: none (extend), the last (draft), every row (forward)
+    enum class Read { none, last, all };
+    // Decodes in n_batch chunks; with Read::last / Read::all, output row i of the final chunk is its row i.
+    void decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, Read read);
     void process(int type, const char * what);
     // top-1 draft token (target id) of an output row; *prob: its probability, if asked for
     int32_t top1(int32_t batch_idx, float * prob) const;

@@ -64,3 +64,23 @@ def test_llama_cpp_head_matches_reference(spec, arch, tmp_path, targets, n_vocab
     assert rel(h2, ref_h2) <= 1e-3
     assert rel(logits2, ref_logits2) <= logit_tol
     llm.close()
+
+
+def test_draft_reads_the_last_pair_of_a_multi_pair_decode(targets, heads):
+    """draft() over n pairs proposes from the LAST pair. llama.cpp's eagle3 graph computes every
+    row whatever the output mask says, so reading the last row needs every row marked (a decode
+    that marked only the last row handed back row 0's logits)."""
+    llm = Llama(str(targets["llama"]), n_ctx=256, verbose=False, eagle3_head=str(heads["llama"]), eagle3_draft_max=0)
+    runner = llm._spec.runner
+    d2t = read_head_gguf(heads["llama"]).d2t
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 12):
+        f = rng.standard_normal((n, 3 * tm.H)).astype(np.float32)
+        tokens = rng.integers(0, 200, n).astype(np.int32)
+        g = runner.encode(f)
+        drafts = runner.draft(tokens, g, 0, 2, 0.0)
+        logits, h = runner.forward(tokens, g, 0)
+        assert drafts[0] == d2t[int(np.argmax(logits[-1]))], f"{n} pairs"
+        logits2, _ = runner.forward(np.array(drafts[:1], np.int32), h[-1:], n)
+        assert drafts[1] == d2t[int(np.argmax(logits2[0]))], f"{n} pairs, chain step"
+    llm.close()
