@@ -58,3 +58,35 @@ def test_hook_on_architectures_without_builtin(arch, targets, heads):
 def test_builtin_refused_where_unsupported(targets, heads):
     with pytest.raises(ValueError, match="does not support architecture 'gemma3'"):
         make(targets["gemma3"], heads["gemma3"], "builtin")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # built-in extraction, graph hook
+def test_batched_generation_captures_each_sequences_states_in_order(arch, targets, heads):
+    """The trainer's features come from the batched generator's own decodes (several sequences
+    per decode): every sample's rows equal the states the runtime captures for the same tokens."""
+    import llama_cpp
+
+    from llama_eagle3.capture import FeatureCapture
+    from llama_eagle3.train.distill import BatchedGenerator
+
+    ref = make(targets[arch], heads[arch], "auto")
+    base = llama_cpp.Llama(str(targets[arch]), n_ctx=256, verbose=False)
+    capture = FeatureCapture(arch, ref._capture.layer_ids, tm.H, tm.N_LAYER)
+    gen = BatchedGenerator(base, n_seq=3, max_len=64, capture=capture)
+    prompts = [[1, *range(5 + 3 * i, 9 + 5 * i)] for i in range(5)]  # unequal lengths, 5 prompts on 3 slots
+    got: dict[int, tuple[list[int], np.ndarray]] = {}
+    gen.generate(prompts, max_new=12, on_done=lambda i, resp, f: got.__setitem__(i, (resp, f)))
+    gen.close()
+    assert sorted(got) == list(range(5))
+    for i, (resp, feats) in got.items():
+        tokens = prompts[i] + resp
+        assert feats.shape == (len(tokens), 3 * tm.H) and feats.dtype == np.float16
+        ref.reset()
+        want = captured(ref, tokens, [len(tokens)])
+        # the last token is never decoded (its row is unused by the head) unless the sequence ended
+        # on an end-of-generation token. The generator's decodes mix sequences and batch sizes, so
+        # llama.cpp's kernels differ a little (measured: <= 1.5% per row); a row of another
+        # position or sequence is off by O(1) (the prompt rows).
+        got_rows, want_rows = feats[:-1].astype(np.float32), want[:-1]
+        err = np.linalg.norm(got_rows - want_rows, axis=1) / np.linalg.norm(want_rows, axis=1)
+        assert err.max() < 0.05, (i, err.round(3))

@@ -50,16 +50,41 @@ class FeatureCapture:
         self.n_embd = n_embd
         self._hook = core.HookCapture(self.layer_ids, n_embd) if self.mode == "hook" else None
 
-    def attach_to(self, llm: "llama_cpp.Llama") -> None:
-        """Installs the capture in llm's target context. llama_cpp.Llama creates its context
-        without an eval callback, so the hook path makes the context again with one (before
-        anything was decoded); the built-in path switches extraction on."""
+    def install(self, params) -> None:
+        """Sets the hook as the eval callback of llama_context_params about to create a context."""
         if self._hook is not None:
-            llm._ctx.close()
-            params = llm.context_params
             params.cb_eval = ctypes.cast(ctypes.c_void_p(core.HookCapture.callback_address),
                                          llama_cpp.ggml_backend_sched_eval_callback)
             params.cb_eval_user_data = ctypes.c_void_p(self._hook.user_data_address)
+
+    def bind(self, ctx: object) -> None:
+        """Captures from this context (made with install() on the hook path) from now on."""
+        self._ctx = context_address(ctx)
+        if self.mode == "builtin":
+            core.builtin_enable(self._ctx, self.layer_ids)
+
+    def begin(self) -> None:
+        """Call before each llama_decode whose states take() reads."""
+        if self._hook is not None:
+            self._hook.begin()
+
+    def take(self, n: int) -> np.ndarray:
+        """[n, 3*Ht] for the n rows of the latest llama_decode (one ubatch: batch order)."""
+        if self._hook is not None:
+            out = self._hook.take()
+            if out.shape[0] != n:
+                raise RuntimeError(f"hidden-state hook captured {out.shape[0]} rows for a decode of {n} tokens")
+            return out
+        return core.builtin_read(self._ctx, self.layer_ids, self.n_embd, n)
+
+    def attach_to(self, llm: "llama_cpp.Llama") -> None:
+        """Installs the capture in llm's target context. llama_cpp.Llama creates its context
+        without an eval callback, so the hook path makes the context again with one (before
+        anything was decoded)."""
+        if self._hook is not None:
+            llm._ctx.close()
+            params = llm.context_params
+            self.install(params)
             llm._ctx = llm._stack.enter_context(contextlib.closing(
                 internals.LlamaContext(model=llm._model, params=params, verbose=llm.verbose)))
             if llm._lora_adapter is not None:
@@ -68,9 +93,7 @@ class FeatureCapture:
                 if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
                     raise RuntimeError(f"Failed to set LoRA adapter from lora path: {llm.lora_path}")
             llm.n_tokens = 0
-        self._ctx = context_address(llm._ctx.ctx)
-        if self.mode == "builtin":
-            core.builtin_enable(self._ctx, self.layer_ids)
+        self.bind(llm._ctx.ctx)
 
     def decode(self, llm: "llama_cpp.Llama", chunk: Sequence[int], n_past: int, first_logit: int) -> np.ndarray:
         """One llama_decode of chunk at positions n_past.. in llm's context, with logits on rows
@@ -79,12 +102,6 @@ class FeatureCapture:
         llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=llm._logits_all)
         for j in range(max(first_logit, 0), len(chunk)):
             llm._batch.batch.logits[j] = True
-        if self._hook is not None:
-            self._hook.begin()
+        self.begin()
         llm._ctx.decode(llm._batch)
-        if self._hook is not None:
-            out = self._hook.take()
-            if out.shape[0] != len(chunk):
-                raise RuntimeError(f"hidden-state hook captured {out.shape[0]} rows for a decode of {len(chunk)} tokens")
-            return out
-        return core.builtin_read(self._ctx, self.layer_ids, self.n_embd, len(chunk))
+        return self.take(len(chunk))

@@ -3,6 +3,12 @@
 One llama.cpp context with n_seq sequences; each decode carries one token per active
 sequence (or a prompt chunk). A finished sequence frees its KV and its slot takes the
 next prompt.
+
+With a FeatureCapture, the same decodes also record the three target states of every
+position (the training features): no second pass over the samples. The KV is unified,
+so llama.cpp keeps each decode in batch order (one ubatch, split_simple) and captured
+row i is batch row i. A sample's last token is never decoded: its row is zero (the head
+never reads it: it would pair with the token after the end).
 """
 
 from __future__ import annotations
@@ -12,12 +18,17 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .._native import llama_cpp
+from ..capture import FeatureCapture
 from llama_cpp import llama_cpp as C
+
+OnDone = Callable[[int, list[int], Optional[np.ndarray]], None]
 
 
 class BatchedGenerator:
-    def __init__(self, llm: "llama_cpp.Llama", n_seq: int = 16, max_len: int = 768):
+    def __init__(self, llm: "llama_cpp.Llama", n_seq: int = 16, max_len: int = 768,
+                 capture: Optional[FeatureCapture] = None):
         self.llm = llm
+        self.capture = capture
         self.n_seq = n_seq
         self.max_len = max_len
         self.n_vocab = llm.n_vocab()
@@ -26,14 +37,18 @@ class BatchedGenerator:
         params.n_batch = max(512, n_seq)
         params.n_ubatch = params.n_batch
         params.n_seq_max = n_seq
-        params.kv_unified = False  # a KV stream per sequence: attention spans only its own cells
+        params.kv_unified = True  # batch order kept (see above); measured as fast as a stream per sequence
         params.n_threads = llm.context_params.n_threads
         params.n_threads_batch = llm.context_params.n_threads_batch
         params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
+        if capture is not None:
+            capture.install(params)
         self.ctx = C.llama_init_from_model(llm.model, params)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create the batched generation context")
+        if capture is not None:
+            capture.bind(self.ctx)
         self.n_batch = int(params.n_batch)
         self.batch = C.llama_batch_init(self.n_batch, 0, 1)
         self.mem = C.llama_get_memory(self.ctx)
@@ -48,9 +63,11 @@ class BatchedGenerator:
     def __del__(self) -> None:
         self.close()
 
-    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> dict[int, int]:
+    def _decode(self, entries: list[tuple[int, int, int, bool]],
+                feats: dict[int, np.ndarray]) -> dict[int, int]:
         """entries: (token, pos, seq, wants_logits), in n_batch chunks. Returns seq -> batch index of
-        its logits row in the LAST chunk (rows needing logits are always placed last)."""
+        its logits row in the LAST chunk (rows needing logits are always placed last). With a
+        capture, feats[seq][pos] receives the states of every entry."""
         rows: dict[int, int] = {}
         for start in range(0, len(entries), self.n_batch):
             chunk = entries[start : start + self.n_batch]
@@ -63,20 +80,29 @@ class BatchedGenerator:
                 b.logits[i] = logits
                 if logits:
                     rows[seq] = i
+            if self.capture is not None:
+                self.capture.begin()
             rc = C.llama_decode(self.ctx, b)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc} during batched generation")
+            if self.capture is not None:
+                states = self.capture.take(len(chunk))
+                for i, (_, pos, seq, _) in enumerate(chunk):
+                    feats[seq][pos] = states[i]
         return rows
 
     def generate(self, prompts: Sequence[list[int]], max_new: int, temperature: float = 0.0, top_k: int = 50,
-                 seed: int = 0, on_done: Optional[Callable[[int, list[int]], None]] = None) -> list[list[int]]:
-        """Responses (without the prompt) to every prompt; greedy at temperature 0.
-        on_done(i, response) is called as each finishes."""
+                 seed: int = 0, on_done: Optional[OnDone] = None) -> list[list[int]]:
+        """Responses (without the prompt, end-of-generation token dropped) to every prompt; greedy at
+        temperature 0. on_done(i, response, features) is called as each finishes; features: the
+        states of prompt + response, [len(prompt) + len(response), 3*Ht] f16 (None without a capture)."""
         rng = np.random.default_rng(seed)
         out: list[Optional[list[int]]] = [None] * len(prompts)
         queue = list(range(len(prompts)))[::-1]
         slots: dict[int, dict] = {}  # seq -> {"i", "pos", "resp"}
         pending: list[tuple[int, int, int, bool]] = []
+        feats: dict[int, np.ndarray] = {}  # seq -> [max_len, 3*Ht] f16
+        width = 3 * self.capture.n_embd if self.capture is not None else 0
 
         def fill() -> None:
             for seq in range(self.n_seq):
@@ -85,7 +111,9 @@ class BatchedGenerator:
                 i = queue.pop()
                 toks = list(prompts[i])[: self.max_len - max_new - 1]
                 C.llama_memory_seq_rm(self.mem, seq, -1, -1)
-                slots[seq] = {"i": i, "pos": len(toks), "resp": []}
+                slots[seq] = {"i": i, "pos": len(toks), "resp": [], "n_prompt": len(toks)}
+                if width:
+                    feats[seq] = np.zeros((self.max_len, width), np.float16)
                 pending[:0] = [(t, p, seq, False) for p, t in enumerate(toks[:-1])]
                 pending.append((toks[-1], len(toks) - 1, seq, True))
 
@@ -94,7 +122,7 @@ class BatchedGenerator:
             # prompt rows first, the rows that want logits last (so they share the final chunk)
             entries = sorted(pending, key=lambda e: e[3])
             pending.clear()
-            rows = self._decode(entries)
+            rows = self._decode(entries, feats)
             for seq, row in rows.items():
                 slot = slots[seq]
                 logits = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
@@ -105,7 +133,8 @@ class BatchedGenerator:
                 if done or slot["pos"] + 1 >= self.max_len:
                     out[slot["i"]] = slot["resp"]
                     if on_done:
-                        on_done(slot["i"], slot["resp"])
+                        n = slot["n_prompt"] + len(slot["resp"])
+                        on_done(slot["i"], slot["resp"], feats.pop(seq)[:n].copy() if width else None)
                     del slots[seq]
                     C.llama_memory_seq_rm(self.mem, seq, -1, -1)
                 else:

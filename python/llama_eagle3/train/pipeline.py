@@ -2,7 +2,7 @@
 
     out/prompts.jsonl      conversations to answer (the user's, or written by the target)
     out/samples.jsonl      {"i", "prompt": ids, "response": ids}: the target's own answers
-    out/features/          fp16 shards of the three target states (features.py)
+    out/features/          fp16 shards of the three target states, captured while it answers (features.py)
     out/vocab.npz          d2t (draft -> absolute target id) and the response token counts
     out/checkpoints/       training state (trainer.py)
     out/config.json, out/model.safetensors   the head, SpecForge layout (vLLM / SGLang load it)
@@ -22,7 +22,8 @@ import numpy as np
 
 from .._native import llama_cpp
 from .distill import BatchedGenerator
-from .features import FeatureExtractor, read_shards, write_shards
+from ..capture import FeatureCapture
+from .features import ShardWriter, read_shards
 from .prompts import Messages, clean_request, load_prompts, request_writing_prompts
 from .vocab import build_draft_vocab, coverage
 
@@ -91,46 +92,37 @@ def stage_prompts(out: Path, llm, chat: ChatTokenizer, gen: BatchedGenerator, cf
 
 
 def stage_samples(out: Path, chat: ChatTokenizer, gen: BatchedGenerator, convs: list[Messages],
-                  cfg: DataConfig) -> list[tuple[list[int], list[int]]]:
-    path = out / "samples.jsonl"
-    done: dict[int, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["i"]] = rec
-            except (json.JSONDecodeError, KeyError):
-                pass  # a line cut by an interruption
+                  cfg: DataConfig) -> Path:
+    """The target's answers (samples.jsonl) and their features (features/), written together,
+    a shard at a time: a sample is done once its shard exists."""
+    fdir = out / "features"
+    done = {int(i) for shard in read_shards(fdir) for i in shard["ids"]}
     todo = [i for i in range(len(convs)) if i not in done]
     if todo:
-        _log(f"the target answers {len(todo)} prompts ({len(done)} already done), {cfg.n_seq} at a time")
+        _log(f"the target answers {len(todo)} prompts ({len(done)} already done), {cfg.n_seq} at a time, "
+             f"capturing layers {gen.capture.layer_ids}")
+        for p in fdir.glob("shard-*.tmp.npz"):
+            p.unlink()
         prompts = [chat(convs[i])[-cfg.max_prompt_tokens:] for i in todo]
-        t0, n_tok = time.time(), [0]
-        with path.open("a") as f:
-            def save(j: int, response: list[int]) -> None:
-                rec = {"i": todo[j], "prompt": prompts[j], "response": response}
-                done[todo[j]] = rec
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
+        writer = ShardWriter(fdir)
+        records: dict[int, dict] = {}
+        t0, n_tok, n_done = time.time(), [0], [len(done)]
+        with (out / "samples.jsonl").open("a") as f:
+            def save(ids: list[int]) -> None:
+                for i in ids:
+                    f.write(json.dumps(records.pop(i)) + "\n")
+                if ids:
+                    f.flush()
+
+            def on_done(j: int, response: list[int], feats) -> None:
+                records[todo[j]] = {"i": todo[j], "prompt": prompts[j], "response": response}
                 n_tok[0] += len(response)
-                if len(done) % 50 == 0:
-                    _log(f"  {len(done)}/{len(convs)} answered, {n_tok[0] / (time.time() - t0):.0f} tokens/s")
-            gen.generate(prompts, max_new=cfg.max_new_tokens, temperature=0.0, on_done=save)
-    return [(done[i]["prompt"], done[i]["response"]) for i in sorted(done)]
-
-
-def stage_features(out: Path, model_path: str, samples, layer_ids: list[int], cfg: DataConfig) -> Path:
-    fdir = out / "features"
-    if (fdir / "DONE").exists():
-        return fdir
-    for p in fdir.glob("shard-*"):
-        p.unlink()
-    _log(f"capturing layers {layer_ids} for {len(samples)} samples")
-    n_ctx = max(len(p) + len(r) for p, r in samples) + 8
-    ext = FeatureExtractor(model_path, layer_ids, n_ctx, cfg.threads)
-    n = write_shards(fdir, samples, ext)
-    (fdir / "DONE").write_text(json.dumps({"tokens": n, "layer_ids": layer_ids}))
-    _log(f"  {n} tokens of features")
+                n_done[0] += 1
+                save(writer.add(todo[j], prompts[j], response, feats))
+                if n_done[0] % 50 == 0:
+                    _log(f"  {n_done[0]}/{len(convs)} answered, {n_tok[0] / (time.time() - t0):.0f} tokens/s")
+            gen.generate(prompts, max_new=cfg.max_new_tokens, temperature=0.0, on_done=on_done)
+            save(writer.flush())
     return fdir
 
 
@@ -155,11 +147,15 @@ def prepare_data(model_path: str, out: Path, cfg: DataConfig, prompts_file: Opti
     n_layer = int(llama_cpp.llama_model_n_layer(llm.model))
     layer_ids = cfg.layer_ids or [2, n_layer // 2, n_layer - 3]
     chat = ChatTokenizer(llm)
-    gen = BatchedGenerator(llm, n_seq=cfg.n_seq, max_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 8)
+    max_len = cfg.max_prompt_tokens + cfg.max_new_tokens + 8
+    gen = BatchedGenerator(llm, n_seq=cfg.n_seq, max_len=max_len)
     convs = stage_prompts(out, llm, chat, gen, cfg, prompts_file)
-    samples = stage_samples(out, chat, gen, convs, cfg)
     gen.close()
-    fdir = stage_features(out, model_path, samples, layer_ids, cfg)
+    arch = str(llm.metadata.get("general.architecture", "unknown"))
+    capture = FeatureCapture(arch, layer_ids, int(llama_cpp.llama_model_n_embd(llm.model)), n_layer)
+    gen = BatchedGenerator(llm, n_seq=cfg.n_seq, max_len=max_len, capture=capture)
+    fdir = stage_samples(out, chat, gen, convs, cfg)
+    gen.close()
     d2t = stage_vocab(out, fdir, llm.n_vocab(), llm.token_eos(), cfg)
     return fdir, d2t, layer_ids, llm
 

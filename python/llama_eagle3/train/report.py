@@ -42,6 +42,10 @@ def write_report(out: Path, model: str, head: str, history: dict, heldout: Optio
                  log=print) -> dict:
     report = dict(extra)
     report["final_heldout_accuracy_per_step"] = history["eval_acc"][-1] if history["eval_acc"] else None
+    if "best_step" in history:
+        best = history["eval_step"].index(history["best_step"])
+        report["kept_step"] = history["best_step"]
+        report["kept_heldout_accuracy_per_step"] = history["eval_acc"][best]
     if heldout is not None:
         from ..bench import bench, print_table
 

@@ -134,6 +134,8 @@ def evaluate(model: HeadModule, data: Samples, idx: np.ndarray, cfg: TrainConfig
 
 def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=print) -> dict:
     """Trains in place (on the GPU when torch sees one); resumes from out/checkpoints/last.pt.
+    Ends with the weights of the evaluation with the best mean held-out accuracy
+    (checkpoints/best.pt): later epochs that only memorise the training samples are dropped.
     Returns the training history."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -156,7 +158,7 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
 
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / "last.pt"
+    ckpt, best_ckpt = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     history = {"step": [], "loss": [], "step_loss": [], "step_acc": [], "eval_step": [], "eval_acc": []}
     step = 0
     if ckpt.exists():
@@ -200,6 +202,13 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
             history["eval_step"].append(step)
             history["eval_acc"].append(evaluate(model, data, held, cfg))
             log(f"held-out acc/step {[round(a, 3) for a in history['eval_acc'][-1]]}")
+            if np.mean(history["eval_acc"][-1]) >= max(np.mean(a) for a in history["eval_acc"]):
+                torch.save({"model": model.state_dict(), "step": step}, best_ckpt)
             save()
+    if best_ckpt.exists():
+        best = torch.load(best_ckpt, weights_only=False, map_location=_device(model))
+        model.load_state_dict(best["model"], strict=False)
+        history["best_step"] = best["step"]
+        log(f"keeping the weights of step {best['step']} (best held-out accuracy)")
     (out / "train_history.json").write_text(json.dumps(history))
     return history
