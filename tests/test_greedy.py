@@ -20,6 +20,7 @@ def plain_llm(target, **kw) -> llama_cpp.Llama:
 
 def spec_llm(target, head, **kw) -> Llama:
     kw.setdefault("eagle3_p_min", 0.0)
+    kw.setdefault("eagle3_adaptive", False)  # every round drafts: every acceptance length is exercised
     return Llama(str(target), n_ctx=kw.pop("n_ctx", 512), verbose=False, eagle3_head=str(head), **kw)
 
 

@@ -66,7 +66,7 @@ def plain_counts(targets):
 
 def make_spec(targets, heads) -> Llama:
     spec = Llama(str(targets["llama"]), n_ctx=128, verbose=False, eagle3_head=str(heads["llama"]),
-                 eagle3_p_min=0.0, eagle3_draft_max=2)
+                 eagle3_p_min=0.0, eagle3_draft_max=2, eagle3_adaptive=False)
     greedy = llama_cpp.Llama(str(targets["llama"]), n_ctx=128, verbose=False, flash_attn=True)
     spec._spec = GreedyDrafter(spec._spec, greedy)
     return spec

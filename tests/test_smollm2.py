@@ -41,7 +41,7 @@ def chat(llm, content: str, n: int = 64, **kw) -> dict:
 
 def test_chat_identical_with_head_and_oracle(plain, smollm2, smol_head):
     spec = Llama(str(smollm2), n_ctx=1024, n_threads=2, verbose=False, eagle3_head=smol_head,
-                 eagle3_p_min=0.0, eagle3_draft_max=3)
+                 eagle3_p_min=0.0, eagle3_draft_max=3, eagle3_adaptive=False)
     expected = [chat(plain, c)["choices"][0]["message"]["content"] for c in CHATS]
     for c, e in zip(CHATS, expected):
         assert chat(spec, c)["choices"][0]["message"]["content"] == e, c
@@ -59,7 +59,8 @@ def test_chat_identical_with_head_and_oracle(plain, smollm2, smol_head):
 
 
 def test_multi_turn_stop_and_closed_stream(plain, smollm2, smol_head):
-    spec = Llama(str(smollm2), n_ctx=1024, n_threads=2, verbose=False, eagle3_head=smol_head, eagle3_p_min=0.0)
+    spec = Llama(str(smollm2), n_ctx=1024, n_threads=2, verbose=False, eagle3_head=smol_head, eagle3_p_min=0.0,
+                 eagle3_adaptive=False)
     msgs_a = [{"role": "user", "content": CHATS[0]}]
     msgs_b = list(msgs_a)
     for turn in range(3):
@@ -87,7 +88,7 @@ def test_multi_turn_stop_and_closed_stream(plain, smollm2, smol_head):
 def test_context_edge(smollm2, smol_head):
     plain = llama_cpp.Llama(str(smollm2), n_ctx=256, n_threads=2, verbose=False, flash_attn=True)
     spec = Llama(str(smollm2), n_ctx=256, n_threads=2, verbose=False, eagle3_head=smol_head, eagle3_p_min=0.0,
-                 eagle3_draft_max=4)
+                 eagle3_draft_max=4, eagle3_adaptive=False)
     prompt = "Once upon a time, in a land far away, there"
     a = plain(prompt, max_tokens=None, temperature=0.0)
     b = spec(prompt, max_tokens=None, temperature=0.0)

@@ -1,5 +1,6 @@
-"""`llama-eagle3 bench`: plain llama-cpp-python, its prompt lookup decoding, and EAGLE-3,
-interleaved prompt by prompt in one run (the order rotates), greedy chat completions."""
+"""`llama-eagle3 bench`: plain llama-cpp-python, its prompt lookup decoding, EAGLE-3 with a fixed
+chain, and EAGLE-3 with the adaptive draft length (policy.py), interleaved prompt by prompt in
+one run (the order rotates), greedy chat completions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 from .llama import Llama
 from .train.prompts import load_prompts
 
+METHODS = ("plain", "lookup", "eagle3", "auto")
+SPECULATIVE = ("eagle3", "auto")
+_STATS = ("rounds", "drafted", "accepted", "plain_steps", "probes", "mean_accepted_length", "acceptance_rate",
+          "acceptance_at", "draft_seconds", "verify_seconds", "sample_seconds", "plain_decode_seconds",
+          "overhead_seconds", "policy")
+
 
 def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int) -> tuple[str, int, float]:
     t0 = time.perf_counter()
@@ -22,22 +29,31 @@ def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int) -> tuple[s
     return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
+def _make(name: str, model: str, head: str, draft_max: int, p_min: float, common: dict) -> llama_cpp.Llama:
+    if name == "plain":
+        return llama_cpp.Llama(model, **common)
+    if name == "lookup":
+        return llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10), **common)
+    return Llama(model, eagle3_head=head, eagle3_draft_max=draft_max, eagle3_p_min=p_min,
+                 eagle3_adaptive=name == "auto", **common)
+
+
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
-          p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = ("plain", "lookup", "eagle3"),
+          p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = METHODS,
           log=print) -> dict:
+    """eagle3: a chain of draft_max every round (p_min cut-off); auto: the adaptive policy with
+    the same bounds. Returns the summary (per-prompt rows under "rows")."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown bench methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     convs = load_prompts(prompts_file)
     common = dict(n_ctx=n_ctx, n_threads=threads, verbose=False, flash_attn=True)
-    llms: dict[str, llama_cpp.Llama] = {}
-    if "plain" in methods:
-        llms["plain"] = llama_cpp.Llama(model, **common)
-    if "lookup" in methods:
-        llms["lookup"] = llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10), **common)
-    spec = Llama(model, eagle3_head=head, eagle3_draft_max=draft_max, eagle3_p_min=p_min, **common)
-    llms["eagle3"] = spec
-    order = [m for m in methods if m in llms]
+    order = [m for m in METHODS if m in methods]
+    llms = {name: _make(name, model, head, draft_max, p_min, common) for name in order}
     for name in order:  # warm-up
         _run(llms[name], [{"role": "user", "content": "Hi"}], 8)
-    spec.reset_speculative_stats()
+        if isinstance(llms[name], Llama):
+            llms[name].reset_speculative_stats()
     rows = []
     for i, messages in enumerate(convs):
         rot = order[i % len(order):] + order[: i % len(order)]
@@ -54,10 +70,9 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         rows.append(row)
         log(f"[{i + 1}/{len(convs)}] " + "  ".join(f"{m} {row[m]['tokens'] / row[m]['seconds']:.1f} tok/s"
                                                   for m in order))
-    stats = spec.speculative_stats()
     summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(rows),
                      "max_tokens": max_tokens, "draft_max": draft_max, "p_min": p_min, "threads": threads,
-                     "methods": {}}
+                     "methods": {}, "speculative": {}}
     for name in order:
         tok = sum(r[name]["tokens"] for r in rows)
         sec = sum(r[name]["seconds"] for r in rows)
@@ -67,27 +82,53 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
             m.update(median_speedup=statistics.median(sp), min_speedup=min(sp),
                      identical=sum(r[name]["identical"] for r in rows))
         summary["methods"][name] = m
-    summary["eagle3"] = {k: stats[k] for k in ("rounds", "drafted", "accepted", "mean_accepted_length",
-                                                "acceptance_rate", "acceptance_at", "draft_seconds",
-                                                "verify_seconds", "sample_seconds", "overhead_seconds")}
+        if name in SPECULATIVE:
+            stats = llms[name].speculative_stats()
+            summary["speculative"][name] = {k: stats[k] for k in _STATS}
+    if "eagle3" in summary["speculative"]:
+        summary["bandwidth_bound_projection"] = projection(summary["speculative"]["eagle3"])
     summary["rows"] = rows
     return summary
 
 
+def projection(stats: dict) -> dict:
+    """Speedup a bandwidth-bound device (a GPU, Apple Silicon: T(n) ~ T(1) for a few rows) would
+    get from the measured acceptance: tokens per round / (1 + draft steps x step cost / T(1)),
+    with the step cost ratio measured here."""
+    t1 = stats["policy"]["decode_ms"].get(1)
+    c = stats["policy"]["draft_step_ms"]
+    if not stats["rounds"] or not t1 or c is None:
+        return {}
+    k = stats["drafted"] / stats["rounds"]
+    return {"tokens_per_round": stats["mean_accepted_length"], "draft_steps_per_round": k,
+            "draft_step_over_target_token": c / t1,
+            "speedup": stats["mean_accepted_length"] / (1 + k * c / t1)}
+
+
 def print_table(s: dict, log=print) -> None:
     plain = s["methods"].get("plain")
-    log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, greedy, {s['threads']} threads, "
-        f"EAGLE-3 chain depth {s['draft_max']}, p_min {s['p_min']}")
-    log(f"{'method':<10}{'tokens/s':>10}{'vs plain':>10}{'median':>9}{'min':>7}{'identical':>11}")
+    log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, greedy, {s['threads']} threads; "
+        f"eagle3: chain of {s['draft_max']} every round (p_min {s['p_min']}); auto: adaptive draft length <= "
+        f"{s['draft_max']}")
+    log(f"{'method':<10}{'tokens/s':>10}{'vs plain':>10}{'median':>9}{'min':>7}{'identical':>11}{'MAL':>7}")
     for name, m in s["methods"].items():
         ratio = f"{m['tokens_per_second'] / plain['tokens_per_second']:.2f}x" if plain else ""
         med = f"{m['median_speedup']:.2f}x" if "median_speedup" in m else ""
         mn = f"{m['min_speedup']:.2f}x" if "min_speedup" in m else ""
         ident = f"{m['identical']}/{s['n_prompts']}" if "identical" in m else ""
-        log(f"{name:<10}{m['tokens_per_second']:>10.1f}{ratio:>10}{med:>9}{mn:>7}{ident:>11}")
-    e = s["eagle3"]
-    log(f"EAGLE-3: mean accepted length {e['mean_accepted_length']:.2f} (tokens per verify, bonus included), "
-        f"acceptance per draft position {[round(a, 3) for a in e['acceptance_at']]}")
+        mal = f"{s['speculative'][name]['mean_accepted_length']:.2f}" if name in s["speculative"] else ""
+        log(f"{name:<10}{m['tokens_per_second']:>10.1f}{ratio:>10}{med:>9}{mn:>7}{ident:>11}{mal:>7}")
+    for name, e in s["speculative"].items():
+        p = e["policy"]
+        log(f"{name}: {e['rounds']} verify rounds, {e['plain_steps']} plain steps; mean accepted length "
+            f"{e['mean_accepted_length']:.2f} (tokens per verify, bonus included); acceptance per draft position "
+            f"{[round(a, 3) for a in e['acceptance_at']]}; measured T(n) ms {p['decode_ms']}, "
+            f"head step {p['draft_step_ms']} ms")
+    proj = s.get("bandwidth_bound_projection")
+    if proj:
+        log(f"on a bandwidth-bound device (T(n) ~ T(1)) this acceptance would give about {proj['speedup']:.2f}x "
+            f"({proj['tokens_per_round']:.2f} tokens per round, head step = "
+            f"{100 * proj['draft_step_over_target_token']:.0f}% of a target token here)")
 
 
 def save(s: dict, path: Optional[Path]) -> None:

@@ -61,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--threads", type=int, default=2)
     t.set_defaults(func=_train)
 
-    b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3, interleaved, greedy")
+    b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3 (fixed chain, adaptive), interleaved, greedy")
     b.add_argument("--model", required=True)
     b.add_argument("--head", required=True)
     b.add_argument("--prompts", required=True, help=".txt or .jsonl prompts")
@@ -69,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--draft-max", type=int, default=4)
     b.add_argument("--p-min", type=float, default=0.0)
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--methods", default="plain,lookup,eagle3")
+    b.add_argument("--methods", default="plain,lookup,eagle3,auto",
+                   help="comma-separated: plain, lookup, eagle3 (chain of --draft-max every round), auto (adaptive)")
     b.add_argument("--json", type=Path, default=None)
     b.set_defaults(func=_bench)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ._native import core, llama_cpp
 from .capture import CaptureMode, FeatureCapture, context_address
+from .policy import DraftPolicy
 from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
 from .verifier import accept_chain
@@ -47,6 +48,9 @@ class Llama(llama_cpp.Llama):
     Args (besides every llama_cpp.Llama argument):
         eagle3_head: path of an EAGLE-3 head GGUF (convert-eagle3-gguf makes one).
         eagle3_draft_max: longest chain drafted per round.
+        eagle3_adaptive: choose each round's draft length (0 = plain decoding) from the target's
+            decode cost T(n), the head's step cost and the acceptance measured in this process
+            (policy.py); False drafts eagle3_draft_max every round (experiments).
         eagle3_p_min: stop a chain when the head's top-1 probability falls below this.
         eagle3_capture: "auto" (llama.cpp's built-in extraction where the architecture has it,
             otherwise the graph hook), "hook" or "builtin".
@@ -56,8 +60,8 @@ class Llama(llama_cpp.Llama):
     """
 
     def __init__(self, model_path: str, *args, eagle3_head: Optional[Union[str, Path]] = None,
-                 eagle3_draft_max: int = 3, eagle3_p_min: float = 0.5, eagle3_capture: CaptureMode = "auto",
-                 **kwargs):
+                 eagle3_draft_max: int = 4, eagle3_adaptive: bool = True, eagle3_p_min: float = 0.5,
+                 eagle3_capture: CaptureMode = "auto", **kwargs):
         self._spec: Optional[Eagle3Proposer] = None
         self._capture: Optional[FeatureCapture] = None
         self._stats = SpeculativeStats()
@@ -67,6 +71,7 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"eagle3_p_min must be in [0, 1], got {eagle3_p_min}")
         self.eagle3_draft_max = eagle3_draft_max
         self.eagle3_p_min = eagle3_p_min
+        self._policy = DraftPolicy(eagle3_draft_max, adaptive=eagle3_adaptive)
         if eagle3_capture not in ("auto", "hook", "builtin"):
             raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {eagle3_capture!r}")
         head_path = Path(eagle3_head) if eagle3_head is not None else None
@@ -133,8 +138,9 @@ class Llama(llama_cpp.Llama):
     def speculative_stats(self) -> dict:
         """Counters since construction or reset_speculative_stats(): rounds, drafted, accepted,
         mean_accepted_length (tokens committed per verify, bonus included), acceptance_at (per draft
-        position), and seconds spent drafting, verifying, sampling and elsewhere in the loop."""
-        return self._stats.as_dict()
+        position), seconds spent drafting, verifying, sampling and elsewhere in the loop, and the
+        draft-length policy's current estimates (policy: alpha, decode_ms per row count, draft_step_ms)."""
+        return {**self._stats.as_dict(), "policy": self._policy.snapshot()}
 
     def reset_speculative_stats(self) -> None:
         self._stats = SpeculativeStats()
@@ -263,16 +269,20 @@ class Llama(llama_cpp.Llama):
         """One target decode of pending (+ a draft); returns the committed tokens and the position
         whose logits produced the first of them. On return the target KV holds every committed
         token but the last."""
-        stats = self._stats
+        stats, policy = self._stats, self._policy
         n0 = self.n_tokens
         drafts: list[int] = []
-        if len(pending) == 1 and self.eagle3_draft_max > 0:
+        probe: list[int] = []  # an unverified one-token draft while the policy has speculation off
+        if len(pending) == 1 and self.eagle3_draft_max > 0 and self._spec.feature_end == n0 and n0 > 0:
             room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
-            n_max = min(self.eagle3_draft_max, room)
-            if n_max > 0 and self._spec.feature_end == n0 and n0 > 0:
+            k = min(policy.choose(), room)
+            if k > 0 or (room > 0 and policy.probe_due()):
                 t0 = time.perf_counter()
-                drafts = self._spec.propose(self.input_ids, pending[0], n_max, self.eagle3_p_min)
-                stats.draft_seconds += time.perf_counter() - t0
+                proposed = self._spec.propose(self.input_ids, pending[0], max(k, 1), self.eagle3_p_min)
+                dt = time.perf_counter() - t0
+                stats.draft_seconds += dt
+                policy.observe_draft(len(proposed), dt)
+                drafts, probe = (proposed, []) if k > 0 else ([], proposed)
         batch = pending + drafts
         t0 = time.perf_counter()
         self._decode(batch, len(drafts) + 1)
@@ -281,6 +291,8 @@ class Llama(llama_cpp.Llama):
             stats.verify_seconds += t1 - t0
         else:
             stats.plain_decode_seconds += t1 - t0
+        if len(pending) == 1:
+            policy.observe_decode(len(batch), t1 - t0)
         first_pos = n0 + len(pending) - 1
         n_rows = len(drafts) + 1
 
@@ -294,7 +306,11 @@ class Llama(llama_cpp.Llama):
         self.n_tokens = n0 + len(batch)
         if drafts:
             stats.record_round(len(drafts), n_accepted)
+            policy.observe_round(len(drafts), n_accepted)
             self._truncate(first_pos + 1 + n_accepted)
         elif len(pending) == 1:
             stats.record_round(0, 0)
+            if probe:
+                stats.record_probe(probe[0] == committed[0])
+                policy.observe_probe(probe[0] == committed[0])
         return committed, first_pos

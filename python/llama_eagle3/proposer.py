@@ -3,11 +3,13 @@
 State, kept in step with the target's KV cache (positions 0..n_tokens-1):
 
     head KV     [0, head_n)                      pairs (token[P+1], g[P]) from true target features
-    pending     g rows of [head_n, feature_end)  encoded target features not yet in the head's KV
+    pending     f rows of [head_n, feature_end)  target features not yet in the head's KV
     feature_end == the target's n_tokens while the two are in step
 
-Each round the engine calls propose(next_token): the head consumes every pending pair
-(the last one pairs g[n-1] with the freshly sampled next_token) in one decode, then
+Features stay raw (f, 3*Ht) until the head needs them: propose() encodes the pending rows
+(g = fc(f)) in one call, so plain steps without a draft and rejected verify rows cost no
+head work. Each round the engine calls propose(next_token): the head consumes every pending
+pair (the last one pairs g[n-1] with the freshly sampled next_token) in one decode, then
 drafts autoregressively, feeding its own pre-norm state forward. The draft's own KV rows
 (positions >= n) are speculative: they are overwritten by the next round, which starts
 at head_n = n. After verification the engine hands back the accepted rows' features
@@ -29,7 +31,7 @@ class Eagle3Proposer:
 
     def reset(self) -> None:
         self.head_n = 0
-        self._pending: list[np.ndarray] = []  # blocks of g rows [m, Hd]
+        self._pending: list[np.ndarray] = []  # blocks of feature rows [m, 3*Ht]
         self._n_pending = 0
         self.runner.truncate(0)
 
@@ -43,20 +45,20 @@ class Eagle3Proposer:
         return g
 
     def observe(self, features: np.ndarray, input_ids: np.ndarray) -> None:
-        """Target features f [m, 3*Ht] of positions [feature_end, feature_end + m).
+        """Target features f [m, 3*Ht] of positions [feature_end, feature_end + m) (kept, not copied:
+        the caller hands over a fresh array).
 
         input_ids: the target's tokens (at least through position feature_end + m - 1)."""
         if len(features) == 0:
             return
-        g = self.runner.encode(features)
-        self._pending.append(g)
-        self._n_pending += len(g)
+        self._pending.append(features)
+        self._n_pending += len(features)
         if self._n_pending > self.catch_up_rows:
             # every pending pair but the last has its next token in input_ids
             rows = self._pending_rows()
             n = len(rows) - 1
             tokens = input_ids[self.head_n + 1 : self.head_n + 1 + n]
-            self.runner.extend(tokens, rows[:n], self.head_n)
+            self.runner.extend(tokens, self.runner.encode(rows[:n]), self.head_n)
             self.head_n += n
             self._pending = [rows[n:]]
             self._n_pending = 1
@@ -87,7 +89,7 @@ class Eagle3Proposer:
         tokens = np.empty(n, dtype=np.int32)
         tokens[: n - 1] = input_ids[self.head_n + 1 : self.head_n + n]
         tokens[n - 1] = next_token
-        drafts = self.runner.draft(tokens, rows, self.head_n, n_max, p_min)
+        drafts = self.runner.draft(tokens, self.runner.encode(rows), self.head_n, n_max, p_min)
         self.head_n += n
         self._pending, self._n_pending = [], 0
         return drafts

@@ -11,6 +11,8 @@ class SpeculativeStats:
     drafted: int = 0             # draft tokens proposed
     accepted: int = 0            # draft tokens accepted
     plain_steps: int = 0         # single-token target decodes without a draft
+    probes: int = 0              # plain steps that checked an unverified one-token draft (policy.py)
+    probe_hits: int = 0          # ... whose draft was the committed token
     accepted_at: list[int] = field(default_factory=list)  # accepted_at[i]: rounds whose draft i was accepted
     drafted_at: list[int] = field(default_factory=list)   # drafted_at[i]: rounds that drafted a token i
     draft_seconds: float = 0.0   # head: catch-up decode + chain steps
@@ -33,6 +35,10 @@ class SpeculativeStats:
             self.drafted_at[i] += 1
         for i in range(n_accepted):
             self.accepted_at[i] += 1
+
+    def record_probe(self, hit: bool) -> None:
+        self.probes += 1
+        self.probe_hits += int(hit)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,133 @@
+"""How many tokens to draft this round ("where the draft length is chosen").
+
+A round that drafts k tokens commits E(k) tokens on average and costs C(k):
+
+    E(k) = 1 + sum_{j=1..k} prod_{i<=j} alpha_i        alpha_i: P(draft i accepted | drafts < i accepted)
+    C(k) = T(k + 1) + k * c                              T(n): target decode of n rows, c: one head step
+
+and the policy drafts argmax_k E(k) / C(k) over 0..k_max; k = 0 is plain decoding. All
+three inputs are measured in this process, on this machine and backend: T(n) from the
+engine's own decodes (so a compute-bound CPU, where T(n) grows with n, and a
+bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer), c from the head's
+draft calls, alpha from recent rounds (exponential moving averages, so a predictable
+stretch of text turns speculation on and a hard one turns it off).
+
+Warm-up: plain rounds until T(1) is measured, then k_max until T(k_max + 1) is. Rows
+never measured are interpolated linearly between measured ones. While speculation is
+off, alpha_1 keeps being measured by probes: the head drafts one token that is not
+verified, and the next committed token tells whether it was right (it costs one head step,
+not a target row). After a hit the next plain round probes again; after a miss the gap
+doubles, up to `probe_every` plain tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class _Ema:
+    decay: float
+    value: Optional[float] = None
+    n: int = 0
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.decay * self.value + (1 - self.decay) * x
+        self.n += 1
+
+
+@dataclass
+class DraftPolicy:
+    k_max: int
+    adaptive: bool = True
+    warmup_rounds: int = 4       # verify rounds at k_max before the cost model decides
+    probe_every: int = 16        # plain tokens between probes while speculation is off
+    alpha_prior: float = 0.5
+    _t: dict[int, _Ema] = field(default_factory=dict)  # rows -> decode seconds
+    _c: _Ema = field(default_factory=lambda: _Ema(0.9))
+    _alpha: list[_Ema] = field(default_factory=list)
+    _since_probe: int = 0
+    _probe_gap: int = 1
+
+    def __post_init__(self) -> None:
+        self._alpha = [_Ema(0.85) for _ in range(self.k_max)]
+
+    # ---- measurements ------------------------------------------------------------------
+
+    def observe_decode(self, rows: int, seconds: float) -> None:
+        """A steady-state target decode of `rows` rows (last token + drafts)."""
+        self._t.setdefault(rows, _Ema(0.8)).add(seconds)
+
+    def observe_draft(self, steps: int, seconds: float) -> None:
+        if steps > 0:
+            self._c.add(seconds / steps)
+
+    def observe_round(self, drafted: int, accepted: int) -> None:
+        """Draft positions 1..drafted were verified; the first `accepted` matched."""
+        for i in range(min(drafted, accepted + 1, self.k_max)):
+            self._alpha[i].add(1.0 if i < accepted else 0.0)
+
+    def observe_probe(self, hit: bool) -> None:
+        self._alpha[0].add(1.0 if hit else 0.0)
+        self._probe_gap = 1 if hit else min(2 * self._probe_gap, self.probe_every)
+
+    # ---- decisions -------------------------------------------------------------------
+
+    def alpha(self, i: int) -> float:
+        """Estimated alpha_{i+1}; a position not measured yet is assumed as good as the one before
+        it, so that drafting deeper gets tried (and measured) when the first positions do well."""
+        a = self._alpha[i]
+        if a.value is not None:
+            return a.value
+        return self.alpha(i - 1) if i > 0 else self.alpha_prior
+
+    def cost(self, rows: int) -> Optional[float]:
+        """T(rows): measured, else interpolated/extrapolated linearly from measured rows."""
+        if rows in self._t:
+            return self._t[rows].value
+        known = sorted((n, e.value) for n, e in self._t.items() if e.value is not None)
+        if len(known) < 2:
+            return None
+        lo = [p for p in known if p[0] < rows]
+        hi = [p for p in known if p[0] > rows]
+        (n0, t0), (n1, t1) = (lo[-1], hi[0]) if lo and hi else (known[-2], known[-1]) if lo else (known[0], known[1])
+        return t0 + (t1 - t0) * (rows - n0) / (n1 - n0)
+
+    def expected_rate(self, k: int) -> Optional[float]:
+        """E(k) / C(k) in tokens per second, or None while a cost is unknown."""
+        t = self.cost(k + 1)
+        if t is None or (k > 0 and self._c.value is None):
+            return None
+        e, run = 1.0, 1.0
+        for i in range(k):
+            run *= self.alpha(i)
+            e += run
+        return e / (t + k * (self._c.value or 0.0))
+
+    def choose(self) -> int:
+        """Tokens to draft this round (0: plain decoding)."""
+        if not self.adaptive or self.k_max == 0:
+            return self.k_max
+        if self._n(1) < 2:
+            return 0
+        if self._n(self.k_max + 1) < self.warmup_rounds:
+            return self.k_max
+        rates = [self.expected_rate(k) for k in range(self.k_max + 1)]
+        return max(range(self.k_max + 1), key=lambda k: rates[k] if rates[k] is not None else -1.0)
+
+    def _n(self, rows: int) -> int:
+        return self._t[rows].n if rows in self._t else 0
+
+    def probe_due(self) -> bool:
+        """Called on plain rounds: True when this one should carry an (unverified) probe draft."""
+        self._since_probe += 1
+        if self._since_probe >= self._probe_gap:
+            self._since_probe = 0
+            return True
+        return False
+
+    def snapshot(self) -> dict:
+        return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
+                "decode_ms": {n: round(1e3 * e.value, 3) for n, e in sorted(self._t.items()) if e.value is not None},
+                "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}

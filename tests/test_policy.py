@@ -1,0 +1,89 @@
+"""The draft-length policy: the cost model's choices on compute- and bandwidth-bound costs, and
+the engine in adaptive mode (identical output, speculation switched off and probed)."""
+
+from __future__ import annotations
+
+
+import llama_cpp
+
+from llama_eagle3 import Llama
+from llama_eagle3.policy import DraftPolicy
+
+import oracle
+
+
+def measured(policy: DraftPolicy, t: dict[int, float], c: float, alphas: list[float]) -> None:
+    """Gives the policy these costs and acceptance estimates."""
+    for n, sec in t.items():
+        for _ in range(policy.warmup_rounds):
+            policy.observe_decode(n, sec)
+    policy.observe_draft(1, c)
+    for ema, a in zip(policy._alpha, alphas):
+        ema.add(a)
+
+
+CPU = {1: 11.2e-3, 2: 17.5e-3, 5: 35.0e-3}   # this machine (SmolLM2): nearly compute-bound
+GPU = {1: 6.0e-3, 2: 6.1e-3, 5: 6.4e-3}      # bandwidth-bound: more rows are almost free
+
+
+def test_compute_bound_needs_high_acceptance():
+    low, high = DraftPolicy(4), DraftPolicy(4)
+    measured(low, CPU, 1.1e-3, [0.35, 0.4, 0.45, 0.45])
+    measured(high, CPU, 1.1e-3, [0.9, 0.9, 0.9, 0.9])
+    assert low.choose() == 0                # 1.35 tokens for 18.6 ms < 1 token per 11.2 ms
+    assert high.choose() > 0
+    # acceptance measured so far at positions 1-2 only: deeper ones are assumed as good, so they get tried
+    partial = DraftPolicy(4)
+    measured(partial, CPU, 1.1e-3, [0.95, 0.95])
+    assert partial.choose() == 4
+    assert high.expected_rate(high.choose()) > 1.1 * high.expected_rate(0)
+
+
+def test_bandwidth_bound_drafts_deep_even_at_modest_acceptance():
+    p = DraftPolicy(4)
+    measured(p, GPU, 0.3e-3, [0.6, 0.7, 0.7, 0.7])
+    assert p.choose() == 4
+
+
+def test_unmeasured_rows_are_interpolated_and_warmup_order():
+    p = DraftPolicy(4)
+    assert p.choose() == 0                  # T(1) first
+    p.observe_decode(1, 0.01)
+    p.observe_decode(1, 0.01)
+    assert p.choose() == 4                  # then T(k_max + 1)
+    p.observe_decode(5, 0.03)
+    assert abs(p.cost(3) - 0.02) < 1e-12
+    assert DraftPolicy(4, adaptive=False).choose() == 4
+
+
+def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
+    """A useless drafter on a tiny target: the policy stops drafting (probing now and then), and
+    an oracle drafter keeps it on; output equals plain decoding either way."""
+    plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=512, verbose=False, flash_attn=True)
+    spec = Llama(str(targets["llama"]), n_ctx=512, verbose=False, eagle3_head=str(heads["llama"]), eagle3_p_min=0.0)
+    # fix the costs so the test does not depend on this machine's timings: compute-bound
+    for n, sec in CPU.items():
+        for _ in range(8):
+            spec._policy.observe_decode(n, sec)
+    spec._policy.observe_decode = lambda rows, seconds: None
+    spec._policy.observe_draft = lambda steps, seconds: None
+    spec._policy._c.add(1.1e-3)
+    prompts = ["the cat sat", "in the beginning", "once more we"]
+    orc = oracle.install(spec, [], error_rate=1.0)  # every draft wrong
+    want = []
+    for p in prompts:
+        want.append(plain(p, max_tokens=120, temperature=0.0)["choices"][0]["text"])
+        orc.references.append(plain._input_ids.tolist())  # prompt + completion, as plain decoded it
+    for p, w in zip(prompts, want):
+        assert spec(p, max_tokens=120, temperature=0.0)["choices"][0]["text"] == w
+    s = spec.speculative_stats()
+    assert s["plain_steps"] > 3 * s["rounds"], s
+    assert s["probes"] > 0 and s["probe_hits"] == 0
+    assert s["policy"]["alpha"][0] < 0.2
+
+    spec.reset_speculative_stats()
+    orc.error_rate = 0.0  # perfect drafts: speculation comes back (probes see hits) and stays on
+    for p, w in zip(prompts, want):
+        assert spec(p, max_tokens=120, temperature=0.0)["choices"][0]["text"] == w
+    s = spec.speculative_stats()
+    assert s["rounds"] > s["plain_steps"] and s["mean_accepted_length"] > 3, str(s)
