@@ -20,6 +20,7 @@ through methods that keep both invariants.
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -63,6 +64,8 @@ class Llama(llama_cpp.Llama):
                  eagle3_draft_max: int = 4, eagle3_adaptive: bool = True, eagle3_p_min: float = 0.5,
                  eagle3_capture: CaptureMode = "auto", **kwargs):
         self._spec: Optional[Eagle3Proposer] = None
+        self._lock = threading.Lock()  # rounds and state changes of one generation at a time
+        self._generation: Optional[object] = None
         self._capture: Optional[FeatureCapture] = None
         self._stats = SpeculativeStats()
         if eagle3_draft_max < 0:
@@ -234,36 +237,54 @@ class Llama(llama_cpp.Llama):
                 logits_processor=logits_processor, stopping_criteria=stopping_criteria, grammar=grammar)
             return
         t_resume = time.perf_counter()
-        self._mirostat_mu = ctypes.c_float(2.0 * mirostat_tau)
-        self._sampler = self._init_sampler(
-            top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
-            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            tfs_z=tfs_z, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
-            penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar)
-        pending = self._reuse_prefix(list(tokens), reset)
+        generation = object()
+        with self._lock:
+            self._generation = generation  # a generation started later supersedes this one
+            self._mirostat_mu = ctypes.c_float(2.0 * mirostat_tau)
+            self._sampler = self._init_sampler(
+                top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, penalize_nl=penalize_nl,
+                logits_processor=logits_processor, grammar=grammar)
+            pending = self._reuse_prefix(list(tokens), reset)
         stats = self._stats
         while True:
-            committed, first_pos = self._round(pending)
+            with self._lock:
+                self._check_current(generation)
+                committed, first_pos = self._round(pending)
             for i, token in enumerate(committed):
                 pos = first_pos + i  # the position whose logits produced this token
-                # plain decoding's state while this token is out: everything before it evaluated.
-                # Accepted tokens after it stay in the KV; a caller that stops here leaves them
-                # past n_tokens, where the next decode drops them.
-                self.n_tokens = pos + 1
-                if stopping_criteria is not None and stopping_criteria(
-                        self.input_ids[: pos + 1], self.scores[pos] if self._logits_all else self.scores[0]):
-                    stats.generate_seconds += time.perf_counter() - t_resume
-                    return
+                with self._lock:
+                    self._check_current(generation)
+                    # plain decoding's state while this token is out: everything before it evaluated.
+                    # Accepted tokens after it stay in the KV; a caller that stops here leaves them
+                    # past n_tokens, where the next decode drops them.
+                    self.n_tokens = pos + 1
+                    stop = stopping_criteria is not None and stopping_criteria(
+                        self.input_ids[: pos + 1], self.scores[pos] if self._logits_all else self.scores[0])
                 stats.generate_seconds += time.perf_counter() - t_resume
+                if stop:
+                    return
                 sent = yield token
                 t_resume = time.perf_counter()
                 if sent is not None:
                     # the caller appended tokens: continue from token, dropping later commits
-                    keep = self._truncate(pos + 1)
+                    with self._lock:
+                        self._check_current(generation)
+                        keep = self._truncate(pos + 1)
                     pending = [*(int(t) for t in self.input_ids[keep : pos + 1]), token, *sent]
                     break
             else:
                 pending = [committed[-1]]
+
+    def _check_current(self, generation: object) -> None:
+        """One Llama runs one generation at a time: a generation resumed after another one started
+        (in another thread, or a stream left open) stops here instead of corrupting either."""
+        if self._generation is not generation:
+            raise RuntimeError("this generation was superseded: another generation started on the same "
+                               "llama_eagle3.Llama (one Llama runs one generation at a time; use one Llama per "
+                               "thread, or serialise requests, e.g. with python -m llama_eagle3.server)")
 
     def _round(self, pending: list[int]) -> tuple[list[int], int]:
         """One target decode of pending (+ a draft); returns the committed tokens and the position

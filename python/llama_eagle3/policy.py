@@ -16,8 +16,9 @@ Warm-up: plain rounds until T(1) is measured, then k_max until T(k_max + 1) is. 
 never measured are interpolated linearly between measured ones. While speculation is
 off, alpha_1 keeps being measured by probes: the head drafts one token that is not
 verified, and the next committed token tells whether it was right (it costs one head step,
-not a target row). After a hit the next plain round probes again; after a miss the gap
-doubles, up to `probe_every` plain tokens.
+not a target row). A hit halves the gap to the next probe (down to 2 plain tokens), a miss
+doubles it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and
+an unpredictable one costs about one head step per `probe_every` tokens.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ class DraftPolicy:
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _alpha: list[_Ema] = field(default_factory=list)
     _since_probe: int = 0
-    _probe_gap: int = 1
+    _probe_gap: int = 0
 
     def __post_init__(self) -> None:
         self._alpha = [_Ema(0.85) for _ in range(self.k_max)]
+        self._probe_gap = self.probe_every
 
     # ---- measurements ------------------------------------------------------------------
 
@@ -70,7 +72,7 @@ class DraftPolicy:
 
     def observe_probe(self, hit: bool) -> None:
         self._alpha[0].add(1.0 if hit else 0.0)
-        self._probe_gap = 1 if hit else min(2 * self._probe_gap, self.probe_every)
+        self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self.probe_every)
 
     # ---- decisions -------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
         opt.step()
         step += 1
         history["step"].append(step)
-        history["loss"].append(float(loss))
+        history["loss"].append(float(loss.detach()))
         history["step_loss"].append([p[0] for p in per_step])
         history["step_acc"].append([p[1] for p in per_step])
         if step % 10 == 0 or step == total:
