@@ -68,6 +68,7 @@ def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
     spec._policy.observe_decode = lambda rows, seconds: None
     spec._policy.observe_draft = lambda steps, seconds: None
     spec._policy._c.add(1.1e-3)
+    spec._policy.probe_every = spec._policy._probe_gap = 8  # short texts: probe often
     prompts = ["the cat sat", "in the beginning", "once more we"]
     orc = oracle.install(spec, [], error_rate=1.0)  # every draft wrong
     want = []

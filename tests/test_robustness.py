@@ -108,11 +108,12 @@ def test_two_threads_on_one_llama_serialise_or_raise(targets, heads, plain):
 
 def test_an_open_stream_superseded_by_a_new_generation_raises(targets, heads, plain):
     spec = make_spec(targets, heads)
-    stream = spec.create_completion(PROMPTS[0], max_tokens=50, temperature=0.0, stream=True)
-    next(stream)
+    stream = spec.generate(spec.tokenize(PROMPTS[0].encode()), temp=0.0)
+    for _ in range(3):
+        next(stream)
     assert text(spec, PROMPTS[1]) == text(plain, PROMPTS[1])
     with pytest.raises(RuntimeError, match="superseded"):
-        list(stream)
+        next(stream)
 
 
 def test_long_greedy_run_and_fifty_turns_equal_plain(targets, heads, plain):
@@ -121,7 +122,7 @@ def test_long_greedy_run_and_fifty_turns_equal_plain(targets, heads, plain):
     no_eos = {plain.token_eos(): -100.0}
     a = plain("once upon a time", max_tokens=4000, temperature=0.0, logit_bias=no_eos)
     b = spec("once upon a time", max_tokens=4000, temperature=0.0, logit_bias=no_eos)
-    assert b["usage"]["completion_tokens"] == a["usage"]["completion_tokens"] == 4000
+    assert b["usage"]["completion_tokens"] == a["usage"]["completion_tokens"] >= 4000
     assert b["choices"][0]["text"] == a["choices"][0]["text"]
 
     plain2 = llama_cpp.Llama(str(targets["llama"]), n_ctx=4096, verbose=False, flash_attn=True)
@@ -273,12 +274,13 @@ def test_fuzz_head_loader_and_converter(tmp_path, targets, heads, n_vocab):
             results += json.loads(r.stdout.strip().splitlines()[-1])
             break
         i = start + int(progress.read_text())
-        crashed.append({**cases[i], "returncode": r.returncode, "stderr": r.stderr[-500:]})
+        crashed.append({**cases[i], "returncode": r.returncode,
+                        "stderr": "\n".join(x for x in r.stderr.splitlines() if "error" in x.lower() or "GGML" in x)[-800:]})
         results.append("CRASH")
         start = i + 1
     other = [(c, res) for c, res in zip(cases, results) if res.startswith("OTHER")]
     print(f"fuzzed {len(cases)} cases: {sum(r == 'accepted' for r in results)} accepted, "
           f"{sum(r.startswith('raised') for r in results)} raised a clear error, {len(other)} other exceptions, "
           f"{len(crashed)} crashes")
-    assert not crashed, crashed[:3]
-    assert not other, other[:3]
+    assert not crashed and not other, ([(c["mutation"], c["stderr"]) for c in crashed[:3]], other[:5])
+    assert not other, [(c["mutation"], res) for c, res in other[:5]]

@@ -176,7 +176,18 @@ def _open_head(path: Path) -> tuple[Eagle3Config, dict[str, Any]]:
     reader = open_gguf(path)
     by_name = {t.name: t for t in reader.tensors}
     d2t = by_name.get("d2t")
-    config = read_head_config(gguf_metadata(reader), path, int(d2t.shape[0]) if d2t is not None else 0)
+    meta = gguf_metadata(reader)
+    config = read_head_config(meta, path, int(d2t.shape[0]) if d2t is not None else 0)
+    tokens = meta.get("tokenizer.ggml.tokens")
+    # llama.cpp loads the head's copy of the target tokenizer and aborts on duplicate tokens
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ConversionError(f"{path}: tokenizer.ggml.tokens is missing or damaged; convert the head again")
+    if len(set(tokens)) != len(tokens):
+        raise ConversionError(f"{path}: tokenizer.ggml.tokens has duplicate entries (a damaged file); "
+                              f"convert the head again")
+    if len(tokens) != config.vocab_size:
+        raise ConversionError(f"{path}: tokenizer has {len(tokens)} tokens but the head's vocab_size is "
+                              f"{config.vocab_size}")
     missing = sorted(n for f, n in TENSOR_NAMES.items() if f not in OPTIONAL_TENSORS and n not in by_name)
     if missing:
         raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor(s) {', '.join(missing)}")

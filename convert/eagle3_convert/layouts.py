@@ -118,7 +118,18 @@ def resolve_layer_ids(config: dict[str, Any], layout: str, n_target_layers: int,
 
 def load_hf_head(path: Path, target: TargetInfo, convention: Optional[Convention] = None,
                  explicit_layers: Optional[list[int]] = None) -> Eagle3Head:
-    path = Path(path)
+    """The head of an HF checkpoint directory (or weights file beside its config.json)."""
+    try:
+        return _load_hf_head(Path(path), target, convention, explicit_layers)
+    except ConversionError:
+        raise
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+        raise ConversionError(f"{path}: config.json or the weights hold a value of the wrong type or shape "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def _load_hf_head(path: Path, target: TargetInfo, convention: Optional[Convention],
+                  explicit_layers: Optional[list[int]]) -> Eagle3Head:
     cfg_path = path / "config.json" if path.is_dir() else path.parent / "config.json"
     try:
         config = json.loads(cfg_path.read_text())

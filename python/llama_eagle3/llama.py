@@ -302,7 +302,8 @@ class Llama(llama_cpp.Llama):
                 proposed = self._spec.propose(self.input_ids, pending[0], max(k, 1), self.eagle3_p_min)
                 dt = time.perf_counter() - t0
                 stats.draft_seconds += dt
-                policy.observe_draft(len(proposed), dt)
+                if k > 0:  # a probe's time is mostly its catch-up over many pending pairs: not a step cost
+                    policy.observe_draft(len(proposed), dt)
                 drafts, probe = (proposed, []) if k > 0 else ([], proposed)
         batch = pending + drafts
         t0 = time.perf_counter()

@@ -43,7 +43,7 @@ class DraftPolicy:
     k_max: int
     adaptive: bool = True
     warmup_rounds: int = 4       # verify rounds at k_max before the cost model decides
-    probe_every: int = 16        # plain tokens between probes while speculation is off
+    probe_every: int = 64        # most plain tokens between probes while speculation is off
     alpha_prior: float = 0.5
     _t: dict[int, _Ema] = field(default_factory=dict)  # rows -> decode seconds
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
