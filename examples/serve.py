@@ -27,8 +27,8 @@ config = {
     "interrupt_requests": False,  # queue concurrent requests instead of cutting a running stream short
     "models": [
         {"model": str(smollm2_path()), "model_alias": "smollm2-eagle3", "n_ctx": 4096,
-         "eagle3_head": str(default_head()), "eagle3_draft_max": 4, "eagle3_adaptive": True},
-        {"model": str(smollm2_path()), "model_alias": "smollm2", "n_ctx": 4096, "flash_attn": True},
+         "eagle3_head": str(default_head()), "eagle3_draft_max": 4, "eagle3_adaptive": True, "verbose": False},
+        {"model": str(smollm2_path()), "model_alias": "smollm2", "n_ctx": 4096, "flash_attn": True, "verbose": False},
     ],
 }
 path = Path(__file__).with_name("server_config.json")

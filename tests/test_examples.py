@@ -41,10 +41,11 @@ def test_stream_completion_and_laptop_chat(smollm2):
 
 
 @pytest.mark.slow
-def test_serve_example(smollm2):
+def test_serve_example(smollm2, tmp_path):
     port = free_port()
+    log = (tmp_path / "server.log").open("w")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "examples/serve.py", "--port", str(port)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -52,7 +53,7 @@ def test_serve_example(smollm2):
                 urllib.request.urlopen(base + "/v1/models", timeout=1)
                 break
             except OSError:
-                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
                 time.sleep(0.1)
         body = json.dumps({"model": "smollm2-eagle3", "max_tokens": 24, "temperature": 0,
                            "messages": [{"role": "user", "content": "Name a fruit."}]}).encode()

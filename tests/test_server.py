@@ -45,8 +45,9 @@ def server(tmp_path_factory, targets, heads):
          "eagle3_head": str(heads["llama"]), "eagle3_p_min": 0.0, "eagle3_adaptive": False, "verbose": False},
         {"model": str(targets["llama"]), "model_alias": "tiny-plain", "n_ctx": N_CTX, "flash_attn": True,
          "verbose": False}]}))
+    log_path = cfg.with_name("server.log")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "llama_eagle3.server", "--config_file", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log_path.open("w"), stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -54,7 +55,7 @@ def server(tmp_path_factory, targets, heads):
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail("server exited: " + proc.stdout.read()[-3000:])
+                pytest.fail("server exited: " + log_path.read_text()[-3000:])
             time.sleep(0.1)
     else:
         proc.kill()

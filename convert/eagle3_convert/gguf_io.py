@@ -185,9 +185,6 @@ def _open_head(path: Path) -> tuple[Eagle3Config, dict[str, Any]]:
     if len(set(tokens)) != len(tokens):
         raise ConversionError(f"{path}: tokenizer.ggml.tokens has duplicate entries (a damaged file); "
                               f"convert the head again")
-    if len(tokens) != config.vocab_size:
-        raise ConversionError(f"{path}: tokenizer has {len(tokens)} tokens but the head's vocab_size is "
-                              f"{config.vocab_size}")
     missing = sorted(n for f, n in TENSOR_NAMES.items() if f not in OPTIONAL_TENSORS and n not in by_name)
     if missing:
         raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor(s) {', '.join(missing)}")

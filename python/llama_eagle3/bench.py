@@ -85,17 +85,18 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         if name in SPECULATIVE:
             stats = llms[name].speculative_stats()
             summary["speculative"][name] = {k: stats[k] for k in _STATS}
-    if "eagle3" in summary["speculative"]:
-        summary["bandwidth_bound_projection"] = projection(summary["speculative"]["eagle3"])
+    if "eagle3" in summary["speculative"] and "plain" in summary["methods"]:
+        plain = summary["methods"]["plain"]
+        summary["bandwidth_bound_projection"] = projection(summary["speculative"]["eagle3"],
+                                                           1e3 * plain["seconds"] / max(plain["tokens"], 1))
     summary["rows"] = rows
     return summary
 
 
-def projection(stats: dict) -> dict:
+def projection(stats: dict, t1: float) -> dict:
     """Speedup a bandwidth-bound device (a GPU, Apple Silicon: T(n) ~ T(1) for a few rows) would
     get from the measured acceptance: tokens per round / (1 + draft steps x step cost / T(1)),
-    with the step cost ratio measured here."""
-    t1 = stats["policy"]["decode_ms"].get(1)
+    with the ratio of the head step to a plain token (t1 ms, all-in) measured here."""
     c = stats["policy"]["draft_step_ms"]
     if not stats["rounds"] or not t1 or c is None:
         return {}

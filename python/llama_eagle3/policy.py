@@ -7,9 +7,10 @@ A round that drafts k tokens commits E(k) tokens on average and costs C(k):
 
 and the policy drafts argmax_k E(k) / C(k) over 0..k_max; k = 0 is plain decoding. All
 three inputs are measured in this process, on this machine and backend: T(n) from the
-engine's own decodes (so a compute-bound CPU, where T(n) grows with n, and a
-bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer), c from the head's
-draft calls, alpha from recent rounds (exponential moving averages, so a predictable
+engine's own decodes (the median of the last 32 of each row count: a decode stalled by
+something else must not flip the decision), so that a compute-bound CPU, where T(n) grows
+with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer; c from the
+head's draft calls, alpha from recent rounds (exponential moving averages, so a predictable
 stretch of text turns speculation on and a hard one turns it off).
 
 Warm-up: plain rounds until T(1) is measured, then k_max until T(k_max + 1) is. Rows
@@ -23,6 +24,8 @@ an unpredictable one costs about one head step per `probe_every` tokens.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -45,7 +48,7 @@ class DraftPolicy:
     warmup_rounds: int = 4       # verify rounds at k_max before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
     alpha_prior: float = 0.5
-    _t: dict[int, _Ema] = field(default_factory=dict)  # rows -> decode seconds
+    _t: dict[int, deque] = field(default_factory=dict)  # rows -> recent decode seconds
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _alpha: list[_Ema] = field(default_factory=list)
     _since_probe: int = 0
@@ -59,7 +62,7 @@ class DraftPolicy:
 
     def observe_decode(self, rows: int, seconds: float) -> None:
         """A steady-state target decode of `rows` rows (last token + drafts)."""
-        self._t.setdefault(rows, _Ema(0.8)).add(seconds)
+        self._t.setdefault(rows, deque(maxlen=32)).append(seconds)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
         if steps > 0:
@@ -87,8 +90,8 @@ class DraftPolicy:
     def cost(self, rows: int) -> Optional[float]:
         """T(rows): measured, else interpolated/extrapolated linearly from measured rows."""
         if rows in self._t:
-            return self._t[rows].value
-        known = sorted((n, e.value) for n, e in self._t.items() if e.value is not None)
+            return statistics.median(self._t[rows])
+        known = sorted((n, statistics.median(d)) for n, d in self._t.items())
         if len(known) < 2:
             return None
         lo = [p for p in known if p[0] < rows]
@@ -119,7 +122,7 @@ class DraftPolicy:
         return max(range(self.k_max + 1), key=lambda k: rates[k] if rates[k] is not None else -1.0)
 
     def _n(self, rows: int) -> int:
-        return self._t[rows].n if rows in self._t else 0
+        return len(self._t[rows]) if rows in self._t else 0
 
     def probe_due(self) -> bool:
         """Called on plain rounds: True when this one should carry an (unverified) probe draft."""
@@ -131,5 +134,5 @@ class DraftPolicy:
 
     def snapshot(self) -> dict:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
-                "decode_ms": {n: round(1e3 * e.value, 3) for n, e in sorted(self._t.items()) if e.value is not None},
+                "decode_ms": {n: round(1e3 * statistics.median(d), 3) for n, d in sorted(self._t.items())},
                 "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}
