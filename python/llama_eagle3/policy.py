@@ -34,11 +34,9 @@ from typing import Optional
 class _Ema:
     decay: float
     value: Optional[float] = None
-    n: int = 0
 
     def add(self, x: float) -> None:
         self.value = x if self.value is None else self.decay * self.value + (1 - self.decay) * x
-        self.n += 1
 
 
 @dataclass
