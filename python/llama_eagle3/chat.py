@@ -35,11 +35,10 @@ def answer(llm: Llama, messages: Messages, max_tokens: int, temperature: float, 
         stream.close()
 
 
-def status(llm: Llama, n_chunks: int, seconds: float) -> str:
+def status(llm: Llama, n_tokens: int, seconds: float) -> str:
     s = llm.speculative_stats()
-    on = llm.is_speculative and llm._policy.choose() > 0
-    return (f"[{n_chunks / max(seconds, 1e-9):.1f} tokens/s | mean accepted length "
-            f"{s['mean_accepted_length']:.2f} | speculation {'on' if on else 'off'}]")
+    return (f"[{n_tokens / max(seconds, 1e-9):.1f} tokens/s | mean accepted length "
+            f"{s['mean_accepted_length']:.2f} | speculation {'on' if llm.speculation_on else 'off'}]")
 
 
 def run(llm: Llama, system: Optional[str], max_tokens: int, temperature: float,

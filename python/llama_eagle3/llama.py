@@ -138,6 +138,11 @@ class Llama(llama_cpp.Llama):
     def is_speculative(self) -> bool:
         return self._spec is not None
 
+    @property
+    def speculation_on(self) -> bool:
+        """Whether the next round would draft (the adaptive policy may have switched speculation off)."""
+        return self._spec is not None and self.eagle3_draft_max > 0 and self._policy.choose() > 0
+
     def speculative_stats(self) -> dict:
         """Counters since construction or reset_speculative_stats(): rounds, drafted, accepted,
         mean_accepted_length (tokens committed per verify, bonus included), acceptance_at (per draft
