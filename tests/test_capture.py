@@ -90,3 +90,25 @@ def test_batched_generation_captures_each_sequences_states_in_order(arch, target
         got_rows, want_rows = feats[:-1].astype(np.float32), want[:-1]
         err = np.linalg.norm(got_rows - want_rows, axis=1) / np.linalg.norm(want_rows, axis=1)
         assert err.max() < 0.05, (i, err.round(3))
+
+
+def test_batched_generation_with_logits_rows_across_a_chunk_boundary(targets):
+    """513 prompt rows with n_batch 512: the rows that want logits must all land in the last
+    chunk (a decode split 512 + 1 lost three sequences' logits and spun forever)."""
+    import threading
+
+    import llama_cpp
+
+    from llama_eagle3.train.distill import BatchedGenerator
+
+    base = llama_cpp.Llama(str(targets["llama"]), n_ctx=256, verbose=False)
+    gen = BatchedGenerator(base, n_seq=4, max_len=160)
+    assert gen.n_batch == 512
+    prompts = [[1, *(5 + (7 * i + j) % 90 for j in range(n - 1))] for i, n in enumerate([128, 128, 128, 129])]
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(gen.generate(prompts, max_new=8)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "batched generation made no progress"
+    assert len(out[0]) == 4 and all(1 <= len(r) <= 8 for r in out[0])
+    gen.close()

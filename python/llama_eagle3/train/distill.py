@@ -68,12 +68,15 @@ class BatchedGenerator:
 
     def _decode(self, entries: list[tuple[int, int, int, bool]],
                 feats: dict[int, np.ndarray]) -> dict[int, int]:
-        """entries: (token, pos, seq, wants_logits), in n_batch chunks. Returns seq -> batch index of
-        its logits row in the LAST chunk (rows needing logits are always placed last). With a
-        capture, feats[seq][pos] receives the states of every entry."""
+        """entries: (token, pos, seq, wants_logits), rows wanting logits last, in n_batch chunks
+        counted from the end, so that the last chunk is a full one holding every logits row (at
+        most n_seq <= n_batch). Returns seq -> batch index of its logits row in the last chunk.
+        With a capture, feats[seq][pos] receives the states of every entry."""
         rows: dict[int, int] = {}
-        for start in range(0, len(entries), self.n_batch):
-            chunk = entries[start : start + self.n_batch]
+        n = len(entries)
+        first = n % self.n_batch or self.n_batch
+        for start, end in zip([0, *range(first, n, self.n_batch)], range(first, n + 1, self.n_batch)):
+            chunk = entries[start:end]
             b = self.batch
             b.n_tokens = len(chunk)
             rows = {}
