@@ -8,11 +8,15 @@
 #include <cstring>
 #include <stdexcept>
 
+void LlamaModelFree::operator()(llama_model * m) const { llama_model_free(m); }
+void LlamaContextFree::operator()(llama_context * c) const { llama_free(c); }
+void LlamaBatchExtFree::operator()(llama_batch_ext * b) const { llama_batch_ext_free(b); }
+
 HeadRunner::HeadRunner(const HeadParams & p, std::vector<int32_t> draft_to_target) : d2t_(std::move(draft_to_target)) {
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = p.n_gpu_layers;
-    model_ = llama_model_load_from_file(p.path.c_str(), mparams);
-    if (model_ == nullptr) {
+    model_.reset(llama_model_load_from_file(p.path.c_str(), mparams));
+    if (!model_) {
         throw std::runtime_error("llama.cpp could not load the EAGLE-3 head " + p.path);
     }
     llama_context_params cparams = llama_context_default_params();
@@ -24,20 +28,19 @@ HeadRunner::HeadRunner(const HeadParams & p, std::vector<int32_t> draft_to_targe
     cparams.n_threads_batch = p.n_threads_batch;
     cparams.ctx_other = p.target_ctx;
     cparams.no_perf = true;
-    ctx_ = llama_init_from_model(model_, cparams);
-    if (ctx_ == nullptr) {
-        llama_model_free(model_);
+    ctx_.reset(llama_init_from_model(model_.get(), cparams));
+    if (!ctx_) {
         throw std::runtime_error("llama.cpp could not create a context for the EAGLE-3 head " + p.path);
     }
     // pre-norm hidden states: the encoder's g and the decoder's h, for output rows only
-    llama_set_embeddings_nextn(ctx_, true, /*masked=*/true);
-    batch_ = llama_batch_ext_init(ctx_);
+    llama_set_embeddings_nextn(ctx_.get(), true, /*masked=*/true);
+    batch_.reset(llama_batch_ext_init(ctx_.get()));
 
-    n_embd_ = llama_model_n_embd(model_);
-    n_embd_enc_ = (int32_t) llama_model_target_layer_ids_n(model_) * llama_model_n_embd(llama_get_model(p.target_ctx));
-    n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(model_));
-    n_ctx_ = (int32_t) llama_n_ctx(ctx_);
-    n_batch_ = (int32_t) llama_n_batch(ctx_);
+    n_embd_ = llama_model_n_embd(model_.get());
+    n_embd_enc_ = (int32_t) llama_model_target_layer_ids_n(model_.get()) * llama_model_n_embd(llama_get_model(p.target_ctx));
+    n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(model_.get()));
+    n_ctx_ = (int32_t) llama_n_ctx(ctx_.get());
+    n_batch_ = (int32_t) llama_n_batch(ctx_.get());
     for (int32_t t : d2t_) {
         if (t < 0 || t >= n_vocab_) {
             throw std::invalid_argument("d2t maps to target id " + std::to_string(t) + " outside the vocabulary");
@@ -45,19 +48,13 @@ HeadRunner::HeadRunner(const HeadParams & p, std::vector<int32_t> draft_to_targe
     }
 }
 
-HeadRunner::~HeadRunner() {
-    if (batch_) llama_batch_ext_free(batch_);
-    if (ctx_) llama_free(ctx_);
-    if (model_) llama_model_free(model_);
-}
-
 std::vector<int32_t> HeadRunner::target_layers() const {
-    const int32_t * ids = llama_model_target_layer_ids(model_);
-    return std::vector<int32_t>(ids, ids + llama_model_target_layer_ids_n(model_));
+    const int32_t * ids = llama_model_target_layer_ids(model_.get());
+    return std::vector<int32_t>(ids, ids + llama_model_target_layer_ids_n(model_.get()));
 }
 
 void HeadRunner::process(int type, const char * what) {
-    const int32_t rc = llama_process(ctx_, (llama_process_type) type, batch_);
+    const int32_t rc = llama_process(ctx_.get(), (llama_process_type) type, batch_.get());
     if (rc != 0) {
         throw std::runtime_error(std::string("EAGLE-3 head ") + what + " failed (llama_process returned " +
                                  std::to_string(rc) + ")");
@@ -68,21 +65,21 @@ void HeadRunner::encode(const float * features, int64_t n, std::vector<float> & 
     g.resize((size_t) n * n_embd_);
     // the encoder is per-token: chunk freely. Positions are placeholders, but llama.cpp's
     // batch validation wants them to continue the sequence in memory.
-    const llama_pos pos_base = llama_memory_seq_pos_max(llama_get_memory(ctx_), 0) + 1;
+    const llama_pos pos_base = llama_memory_seq_pos_max(llama_get_memory(ctx_.get()), 0) + 1;
     for (int64_t i = 0; i < n; i += n_batch_) {
         const int64_t m = std::min<int64_t>(n_batch_, n - i);
-        llama_batch_ext_clear(batch_);
+        llama_batch_ext_clear(batch_.get());
         for (int64_t j = 0; j < m; ++j) {
             llama_embd e = {features + (size_t) (i + j) * n_embd_enc_, 1, (size_t) n_embd_enc_};
-            const int32_t idx = llama_batch_ext_add_embd(batch_, 0, e);
+            const int32_t idx = llama_batch_ext_add_embd(batch_.get(), 0, e);
             const llama_pos pos = pos_base + (llama_pos) j;
-            if (idx < 0 || !llama_batch_ext_set_pos(batch_, idx, &pos) ||
-                !llama_batch_ext_set_output_logits(batch_, idx, true)) {
+            if (idx < 0 || !llama_batch_ext_set_pos(batch_.get(), idx, &pos) ||
+                !llama_batch_ext_set_output_logits(batch_.get(), idx, true)) {
                 throw std::runtime_error("could not build the EAGLE-3 encoder batch");
             }
         }
         process(LLAMA_PROCESS_TYPE_ENCODE, "encode");
-        const float * out = llama_get_embeddings_nextn(ctx_);
+        const float * out = llama_get_embeddings_nextn(ctx_.get());
         if (out == nullptr) {
             throw std::runtime_error("EAGLE-3 encoder produced no output");
         }
@@ -91,7 +88,7 @@ void HeadRunner::encode(const float * features, int64_t n, std::vector<float> & 
 }
 
 void HeadRunner::truncate(int32_t pos) {
-    llama_memory_seq_rm(llama_get_memory(ctx_), 0, std::max<int32_t>(pos, 0), -1);
+    llama_memory_seq_rm(llama_get_memory(ctx_.get()), 0, std::max<int32_t>(pos, 0), -1);
 }
 
 void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, Read read) {
@@ -106,20 +103,20 @@ void HeadRunner::decode_pairs(const int32_t * tokens, const float * g, int64_t n
     for (int64_t i = 0; i < n; i += n_batch_) {
         const int64_t m = std::min<int64_t>(n_batch_, n - i);
         const bool read_chunk = read != Read::none && i + m == n;  // see the header: every row or none
-        llama_batch_ext_clear(batch_);
+        llama_batch_ext_clear(batch_.get());
         for (int64_t j = 0; j < m; ++j) {
             const int64_t r = i + j;
             if (tokens[r] < 0 || tokens[r] >= n_vocab_) {
                 throw std::invalid_argument("token id " + std::to_string(tokens[r]) + " outside the vocabulary");
             }
-            const int32_t idx = llama_batch_ext_add_token(batch_, 0, tokens[r]);
+            const int32_t idx = llama_batch_ext_add_token(batch_.get(), 0, tokens[r]);
             const llama_pos pos = pos0 + (llama_pos) r;
             llama_embd e = {g + (size_t) r * n_embd_, 1, (size_t) n_embd_};
-            if (idx < 0 || !llama_batch_ext_set_pos(batch_, idx, &pos) || !llama_batch_ext_set_embd_token(batch_, idx, e)) {
+            if (idx < 0 || !llama_batch_ext_set_pos(batch_.get(), idx, &pos) || !llama_batch_ext_set_embd_token(batch_.get(), idx, e)) {
                 throw std::runtime_error("could not build the EAGLE-3 decoder batch");
             }
             if (read_chunk || r == n - 1) {
-                llama_batch_ext_set_output_logits(batch_, idx, true);
+                llama_batch_ext_set_output_logits(batch_.get(), idx, true);
             }
         }
         process(LLAMA_PROCESS_TYPE_DECODE, "decode");
@@ -135,7 +132,7 @@ void HeadRunner::extend(const int32_t * tokens, const float * g, int64_t n, int3
 }
 
 int32_t HeadRunner::top1(int32_t batch_idx, float * prob) const {
-    const float * logits = llama_get_logits_ith(ctx_, batch_idx);
+    const float * logits = llama_get_logits_ith(ctx_.get(), batch_idx);
     if (logits == nullptr) {
         throw std::runtime_error("EAGLE-3 head produced no logits");
     }
@@ -181,7 +178,7 @@ std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, 
         if ((int32_t) res.size() == n_max) {
             break;
         }
-        const float * prenorm = llama_get_embeddings_nextn_ith(ctx_, row);
+        const float * prenorm = llama_get_embeddings_nextn_ith(ctx_.get(), row);
         if (prenorm == nullptr) {
             throw std::runtime_error("EAGLE-3 head produced no pre-norm state");
         }
@@ -199,8 +196,8 @@ void HeadRunner::forward(const int32_t * tokens, const float * g, int64_t n, int
     logits.resize((size_t) n * nd);
     prenorm.resize((size_t) n * n_embd_);
     for (int64_t r = 0; r < n; ++r) {
-        const float * l = llama_get_logits_ith(ctx_, (int32_t) r);
-        const float * h = llama_get_embeddings_nextn_ith(ctx_, (int32_t) r);
+        const float * l = llama_get_logits_ith(ctx_.get(), (int32_t) r);
+        const float * h = llama_get_embeddings_nextn_ith(ctx_.get(), (int32_t) r);
         if (l == nullptr || h == nullptr) {
             throw std::runtime_error("EAGLE-3 head produced no output for row " + std::to_string(r));
         }

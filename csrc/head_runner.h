@@ -23,12 +23,18 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 struct llama_context;
 struct llama_model;
 struct llama_batch_ext;
+
+// owners of llama.cpp objects: a constructor that throws half-way frees what it made
+struct LlamaModelFree { void operator()(llama_model * m) const; };
+struct LlamaContextFree { void operator()(llama_context * c) const; };
+struct LlamaBatchExtFree { void operator()(llama_batch_ext * b) const; };
 
 struct HeadParams {
     std::string path;
@@ -45,7 +51,6 @@ public:
     // draft_to_target: absolute target id of every draft id (empty: the draft vocabulary
     // is the target vocabulary).
     HeadRunner(const HeadParams & params, std::vector<int32_t> draft_to_target);
-    ~HeadRunner();
     HeadRunner(const HeadRunner &) = delete;
     HeadRunner & operator=(const HeadRunner &) = delete;
 
@@ -82,9 +87,10 @@ private:
     // top-1 draft token (target id) of an output row; *prob: its probability, if asked for
     int32_t top1(int32_t batch_idx, float * prob) const;
 
-    llama_model *        model_ = nullptr;
-    llama_context *      ctx_   = nullptr;
-    llama_batch_ext *    batch_ = nullptr;
+    // declared in the order they are made: destroyed batch, context, model
+    std::unique_ptr<llama_model, LlamaModelFree>         model_;
+    std::unique_ptr<llama_context, LlamaContextFree>     ctx_;
+    std::unique_ptr<llama_batch_ext, LlamaBatchExtFree>  batch_;
     std::vector<int32_t> d2t_;
     int32_t n_embd_ = 0, n_embd_enc_ = 0, n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
 };

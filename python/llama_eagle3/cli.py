@@ -21,7 +21,7 @@ def _train(a: argparse.Namespace) -> None:
     from .train.pipeline import DataConfig, run
     from .train.trainer import TrainConfig
 
-    data = DataConfig(n_prompts=a.n_prompts, max_new_tokens=a.max_new_tokens, draft_vocab=a.draft_vocab,
+    data = DataConfig(n_prompts=a.n_prompts, max_new_tokens=a.max_new_tokens, n_seq=a.n_seq, draft_vocab=a.draft_vocab,
                       layer_ids=a.layers, seed=a.seed, threads=a.threads)
     train = TrainConfig(epochs=a.epochs, steps=a.ttt_steps, lr=a.lr, seed=a.seed, threads=a.threads,
                         batch_tokens=a.batch_tokens)
@@ -76,6 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--heldout", type=Path, default=None, help="prompts for the report's acceptance measurement")
     t.add_argument("--n-prompts", type=int, default=800)
     t.add_argument("--max-new-tokens", type=int, default=192)
+    t.add_argument("--n-seq", type=int, default=32, help="sequences the target answers per batched decode")
     t.add_argument("--draft-vocab", type=int, default=8192)
     t.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="capture layers ('input of layer' ids); default 2,N//2,N-3")
