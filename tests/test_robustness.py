@@ -169,7 +169,7 @@ def test_create_generate_close_cycles_release_everything(targets, heads):
 FUZZ_WORKER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    cases, target, progress = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2], Path(sys.argv[3])
+    cases, progress = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
     from llama_eagle3 import Llama
     from eagle3_convert.cli import convert
     from eagle3_convert.errors import ConversionError
@@ -177,10 +177,14 @@ FUZZ_WORKER = textwrap.dedent("""
     for i, case in enumerate(cases):
         progress.write_text(str(i))
         try:
-            if case["kind"] == "gguf":
-                Llama(target, n_ctx=64, verbose=False, eagle3_head=case["path"]).close()
-            else:
-                convert(Path(case["path"]), target, Path(case["path"] + ".gguf"), "f32", log=lambda *a: None)
+            head = case["path"]
+            if case["kind"] == "hf":
+                head = case["path"] + ".gguf"
+                convert(Path(case["path"]), case["target"], Path(head), "f32", log=lambda *a: None)
+            # an accepted head must also load and draft: llama.cpp aborts on what it cannot use
+            llm = Llama(case["target"], n_ctx=64, verbose=False, eagle3_head=head, eagle3_adaptive=False)
+            llm.create_completion("the cat", max_tokens=6, temperature=0.0)
+            llm.close()
             results.append("accepted")
         except (ValueError, ConversionError) as e:
             results.append("raised " + type(e).__name__ + ": " + str(e)[:200])
@@ -190,10 +194,42 @@ FUZZ_WORKER = textwrap.dedent("""
     print(json.dumps(results))
 """)
 
+
+def _run_fuzz_cases(cases: list[dict], work: Path) -> tuple[list[str], list[dict]]:
+    """Runs cases in a worker subprocess; a crash names its case and the rest still run.
+    Returns each case's outcome and the crashed cases."""
+    crashed: list[dict] = []
+    results: list[str] = []
+    start = 0
+    while start < len(cases):
+        (work / "batch.json").write_text(json.dumps(cases[start:]))
+        progress = work / "progress"
+        r = subprocess.run([sys.executable, "-c", FUZZ_WORKER, str(work / "batch.json"), str(progress)],
+                           capture_output=True, text=True, timeout=1200)
+        if r.returncode == 0:
+            results += json.loads(r.stdout.strip().splitlines()[-1])
+            break
+        i = start + int(progress.read_text())
+        crashed.append({**cases[i], "returncode": r.returncode,
+                        "stderr": "\n".join(x for x in r.stderr.splitlines() if "error" in x.lower() or "GGML" in x)[-800:]})
+        results.append("CRASH")
+        start = i + 1
+    return results, crashed
+
+
+def _report(what: str, cases: list[dict], results: list[str], crashed: list[dict]) -> None:
+    other = [(c["mutation"], res) for c, res in zip(cases, results) if res.startswith("OTHER")]
+    print(f"{what}: {len(cases)} cases, {sum(r == 'accepted' for r in results)} accepted, "
+          f"{sum(r.startswith('raised') for r in results)} raised a clear error, {len(other)} other exceptions, "
+          f"{len(crashed)} crashes")
+    assert not crashed, [(c["mutation"], c["stderr"]) for c in crashed[:3]]
+    assert not other, other[:5]
+
+
 FUZZ_SEED = int(os.environ.get("LLAMA_EAGLE3_FUZZ_SEED", "0"))
 
 
-def _gguf_mutants(good: bytes, out: Path, rng: np.random.Generator, n: int) -> list[dict]:
+def _gguf_mutants(good: bytes, target: str, out: Path, rng: np.random.Generator, n: int) -> list[dict]:
     cases = []
     for i in range(n):
         data = bytearray(good)
@@ -210,11 +246,11 @@ def _gguf_mutants(good: bytes, out: Path, rng: np.random.Generator, n: int) -> l
                 data[j] = int(rng.integers(0, 256))
         p = out / f"mutant-{i}.gguf"
         p.write_bytes(bytes(data))
-        cases.append({"kind": "gguf", "path": str(p), "mutation": ["truncate", "header", "anywhere"][kind]})
+        cases.append({"kind": "gguf", "path": str(p), "mutation": ["truncate", "header", "anywhere"][kind], "target": target})
     return cases
 
 
-def _config_mutants(hf: Path, out: Path, rng: np.random.Generator, n: int) -> list[dict]:
+def _config_mutants(hf: Path, target: str, out: Path, rng: np.random.Generator, n: int) -> list[dict]:
     base = json.loads((hf / "config.json").read_text())
     weights = (hf / "model.safetensors").read_bytes()
     junk = [None, -1, 0, 3.5, "x", [], {}, [1, 2], True, 10**9]
@@ -244,8 +280,8 @@ def _config_mutants(hf: Path, out: Path, rng: np.random.Generator, n: int) -> li
             w = bytes(b)
         (d / "config.json").write_text(json.dumps(cfg))
         (d / "model.safetensors").write_bytes(w)
-        cases.append({"kind": "hf", "path": str(d), "mutation": ["drop key", "wrong type", "extra key",
-                                                                 "damaged weights"][kind] + f" ({key})"})
+        cases.append({"kind": "hf", "path": str(d), "target": target,
+                      "mutation": ["drop key", "wrong type", "extra key", "damaged weights"][kind] + f" ({key})"})
     return cases
 
 
@@ -258,29 +294,130 @@ def test_fuzz_head_loader_and_converter(tmp_path, targets, heads, n_vocab):
     converter: each ends accepted or in ValueError/ConversionError; the worker never dies."""
     rng = np.random.default_rng(FUZZ_SEED)
     hf = tm.build_hf_head(tmp_path / "hf", tm.HeadSpec("specforge"), n_vocab, seed=1)
-    cases = (_gguf_mutants(heads["llama"].read_bytes(), tmp_path, rng, FUZZ_CASES // 2)
-             + _config_mutants(hf, tmp_path, rng, FUZZ_CASES - FUZZ_CASES // 2))
-    spec = tmp_path / "cases.json"
-    spec.write_text(json.dumps(cases))
-    crashed: list[dict] = []
-    results: list[str] = []
-    start = 0
-    while start < len(cases):  # a crash names its case; the rest of the cases still run
-        (tmp_path / "batch.json").write_text(json.dumps(cases[start:]))
-        progress = tmp_path / "progress"
-        r = subprocess.run([sys.executable, "-c", FUZZ_WORKER, str(tmp_path / "batch.json"), str(targets["llama"]),
-                            str(progress)], capture_output=True, text=True, timeout=1200)
-        if r.returncode == 0:
-            results += json.loads(r.stdout.strip().splitlines()[-1])
-            break
-        i = start + int(progress.read_text())
-        crashed.append({**cases[i], "returncode": r.returncode,
-                        "stderr": "\n".join(x for x in r.stderr.splitlines() if "error" in x.lower() or "GGML" in x)[-800:]})
-        results.append("CRASH")
-        start = i + 1
-    other = [(c, res) for c, res in zip(cases, results) if res.startswith("OTHER")]
-    print(f"fuzzed {len(cases)} cases: {sum(r == 'accepted' for r in results)} accepted, "
-          f"{sum(r.startswith('raised') for r in results)} raised a clear error, {len(other)} other exceptions, "
-          f"{len(crashed)} crashes")
-    assert not crashed and not other, ([(c["mutation"], c["stderr"]) for c in crashed[:3]], other[:5])
-    assert not other, [(c["mutation"], res) for c, res in other[:5]]
+    target = str(targets["llama"])
+    cases = (_gguf_mutants(heads["llama"].read_bytes(), target, tmp_path, rng, FUZZ_CASES // 2)
+             + _config_mutants(hf, target, tmp_path, rng, FUZZ_CASES - FUZZ_CASES // 2))
+    _report("mutation fuzzer", cases, *_run_fuzz_cases(cases, tmp_path))
+
+
+# ---- structured fuzzing (hypothesis) --------------------------------------------------------------
+
+HYPOTHESIS_CASES = int(os.environ.get("LLAMA_EAGLE3_HYPOTHESIS_CASES", "160"))
+_DTYPES = [np.float16, np.float64, np.int32, np.int64, np.uint8, np.bool_]
+_LAYOUTS = ["specforge", "angelslim", "speculators", "eagle"]
+
+
+def _structured_case(draw) -> dict:
+    """One HF head (any layout, safetensors or .bin) with one structural defect, or a valid head
+    converted against a target it does not fit."""
+    from hypothesis import strategies as st
+
+    spec = tm.HeadSpec(draw(st.sampled_from(_LAYOUTS)), fmt=draw(st.sampled_from(["safetensors", "bin"])),
+                       norm_before_fc=draw(st.booleans()))
+    kind = draw(st.sampled_from(["shape", "dtype", "rename", "drop", "extra", "d2t", "config", "target"]))
+    case = {"spec": spec, "kind": kind}
+    names = sorted(tm.random_head_tensors(spec, 1 << 9))  # the tensor names of this layout (canonical)
+    if kind in ("shape", "dtype", "rename", "drop"):
+        case["tensor"] = draw(st.sampled_from(names))
+    if kind == "shape":
+        case["how"] = draw(st.sampled_from(["drop_row", "drop_col", "transpose", "add_axis", "scalar", "empty", "double"]))
+    elif kind == "dtype":
+        case["dtype"] = draw(st.sampled_from(_DTYPES))
+    elif kind == "rename":
+        case["new"] = draw(st.sampled_from(["x.", "model.", "layers.1.", "lm_head"])) + case["tensor"].split(".")[-2 if "." in case["tensor"] else -1]
+    elif kind == "extra":
+        case["new"] = draw(st.sampled_from(["midlayer.self_attn.q_proj.bias", "layers.1.mlp.up_proj.weight",
+                                            "embed_tokens.weight", "fc.bias", "unrelated"]))
+        case["shape"] = draw(st.lists(st.integers(0, 70), min_size=0, max_size=3))
+    elif kind == "d2t":
+        case["how"] = draw(st.sampled_from(["past_vocab", "negative", "duplicate", "short", "float", "2d"]))
+        case["at"] = draw(st.integers(0, tm.DRAFT_VOCAB - 1))
+    elif kind == "config":
+        case["key"] = draw(st.sampled_from(["hidden_size", "intermediate_size", "num_attention_heads",
+                                            "num_key_value_heads", "head_dim", "vocab_size", "draft_vocab_size",
+                                            "rms_norm_eps", "rope_theta", "max_position_embeddings",
+                                            "target_hidden_size", "num_hidden_layers"]))
+        case["value"] = draw(st.one_of(st.integers(-2**33, 2**33), st.floats(allow_nan=True, allow_infinity=True),
+                                       st.text(max_size=8), st.none(), st.lists(st.integers(0, 9), max_size=3)))
+    elif kind == "target":
+        case["target"] = draw(st.sampled_from(["qwen2", "gemma3", "smollm2"]))
+    return case
+
+
+def _mutate_tensor(a: np.ndarray, how: str) -> np.ndarray:
+    return {"drop_row": lambda: a[:-1], "drop_col": lambda: a[..., :-1] if a.ndim > 1 else a[:0],
+            "transpose": lambda: a.T.copy(), "add_axis": lambda: a[None], "scalar": lambda: a.reshape(-1)[:1].reshape(()),
+            "empty": lambda: a[:0], "double": lambda: np.concatenate([a, a])}[how]()
+
+
+def _materialise(case: dict, directory: Path, n_vocab: int, targets: dict, smollm2: Path) -> dict:
+    spec = case["spec"]
+    tensors = tm.random_head_tensors(spec, n_vocab, seed=3)
+    cfg = tm.head_config(spec, n_vocab)
+    kind = case["kind"]
+    if kind == "shape":
+        tensors[case["tensor"]] = _mutate_tensor(tensors[case["tensor"]], case["how"])
+    elif kind == "dtype":
+        tensors[case["tensor"]] = tensors[case["tensor"]].astype(case["dtype"])
+    elif kind == "rename":
+        tensors[case["new"]] = tensors.pop(case["tensor"])
+    elif kind == "drop":
+        del tensors[case["tensor"]]
+    elif kind == "extra":
+        tensors[case["new"]] = np.ones(case["shape"], np.float32)
+    elif kind == "d2t" and "d2t" in tensors:
+        d2t, at = tensors["d2t"].copy(), case["at"]
+        ids = d2t + np.arange(len(d2t))  # HF stores offsets: id = i + d2t[i]
+        how = case["how"]
+        if how == "past_vocab":
+            d2t[at] = n_vocab + 3 - at
+        elif how == "negative":
+            d2t[at] = -at - 1
+        elif how == "duplicate":
+            d2t[at] = ids[(at + 1) % len(ids)] - at
+        tensors["d2t"] = {"short": d2t[:-1], "float": d2t.astype(np.float32) + 0.5, "2d": d2t[None]}.get(how, d2t)
+    elif kind == "config":
+        where = cfg.get("transformer_layer_config", cfg) if case["key"] in cfg.get("transformer_layer_config", {}) else cfg
+        where[case["key"]] = case["value"]
+    prefix = "layers.0." if spec.layout in ("speculators", "angelslim") else "midlayer."
+    tensors = {(prefix + k[2:] if k.startswith("L.") else k): v for k, v in tensors.items()}
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(cfg, allow_nan=True))
+    if spec.fmt == "bin":
+        tm.write_torch_bin(directory / "pytorch_model.bin", tensors)
+    else:
+        tm.write_safetensors(directory / "model.safetensors", tensors)
+    target = {"qwen2": targets["qwen2"], "gemma3": targets["gemma3"], "smollm2": smollm2}.get(case.get("target", ""),
+                                                                                              targets["llama"])
+    detail = {k: (v.__name__ if isinstance(v, type) else v) for k, v in case.items() if k not in ("spec", "kind")}
+    return {"kind": "hf", "path": str(directory), "target": str(target),
+            "mutation": f"{spec.layout}/{spec.fmt} {kind} {detail}"}
+
+
+def test_structured_fuzz_with_hypothesis(tmp_path, targets, n_vocab, smollm2):
+    """Hypothesis draws HF heads of every layout with one structural defect (a tensor of the wrong
+    shape, dtype or name, missing or extra; d2t past the vocabulary, negative, duplicated, short,
+    float; a config value of any type and size) or a valid head against a target of another
+    architecture or vocabulary (SmolLM2). Each is converted and, if accepted, loaded and asked
+    for a completion: every case ends accepted or in ValueError/ConversionError, and no worker dies."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    cases: list[dict] = []
+    drawn = iter(range(10**6))
+
+    @settings(max_examples=HYPOTHESIS_CASES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def draw_case(data) -> None:
+        case = _structured_case(data.draw)
+        cases.append(_materialise(case, tmp_path / f"case-{next(drawn)}", n_vocab, targets, smollm2))
+
+    draw_case()
+    results, crashed = _run_fuzz_cases(cases, tmp_path)
+    kinds = sorted({c["mutation"].split()[1] for c in cases})
+    assert len(kinds) == 8, kinds  # every kind of defect was drawn
+    _report("hypothesis structured fuzzer", cases, results, crashed)
+    # not everything is refused: a valid head on a compatible target of another architecture converts and runs
+    compatible = [r for c, r in zip(cases, results) if "'qwen2'" in c["mutation"] or "'gemma3'" in c["mutation"]]
+    assert compatible and all(r == "accepted" for r in compatible), compatible[:3]

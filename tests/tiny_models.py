@@ -198,7 +198,10 @@ def head_config(spec: HeadSpec, n_vocab: int) -> dict:
 def write_torch_bin(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """torch.save's zip format, written without torch (fake torch modules while pickling)."""
     torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
-    storages = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage", np.dtype(np.bool_): "BoolStorage"}
+    storages = {np.dtype(t): name for t, name in [(np.float32, "FloatStorage"), (np.float16, "HalfStorage"),
+                                                  (np.float64, "DoubleStorage"), (np.int64, "LongStorage"),
+                                                  (np.int32, "IntStorage"), (np.uint8, "ByteStorage"),
+                                                  (np.bool_, "BoolStorage")]}
     for s in storages.values():
         setattr(torch_mod, s, type(s, (), {"__module__": "torch", "__qualname__": s}))
 

@@ -197,8 +197,7 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
     raise ConversionError(f"{path}: unknown weights format (expected .safetensors or .bin)")
 
 
-_NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64",
-             np.dtype(np.int32): "I32", np.dtype(np.bool_): "BOOL"}
+_NP_TO_ST = {np.dtype(v): k for k, (v, _) in _ST_DTYPES.items() if k != "BF16"}
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:

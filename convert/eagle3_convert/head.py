@@ -98,7 +98,12 @@ class Eagle3Head:
                 continue
             if tuple(t.shape) != shape:
                 raise ConversionError(f"tensor {name} has shape {tuple(t.shape)}, expected {shape} from the config")
-            if t.dtype.kind == "f" and not np.isfinite(t).all():
+            if name == "d2t":
+                continue  # integers: checked below
+            if t.dtype.kind != "f":
+                raise ConversionError(f"tensor {name} holds {t.dtype} values: weights must be floating point "
+                                      f"(the checkpoint is damaged or not an EAGLE-3 head)")
+            if not np.isfinite(t).all():
                 raise ConversionError(f"tensor {name} contains NaN or infinite values")
         if c.norm_before_fc and self.enc_norm is None:
             raise ConversionError("norm_before_fc is set but the head has no input_norm (enc_norm) tensor")

@@ -135,3 +135,38 @@ def print_table(s: dict, log=print) -> None:
 def save(s: dict, path: Optional[Path]) -> None:
     if path is not None:
         Path(path).write_text(json.dumps(s, indent=1))
+
+
+def chart(s: dict, path: Path) -> None:
+    """PNG: tokens/s per method (with the speedup over plain) and acceptance per draft position."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the chart needs matplotlib: pip install matplotlib (or 'llama-eagle3[train]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(s["methods"])
+    rates = [s["methods"][n]["tokens_per_second"] for n in names]
+    bars = a.bar(names, rates, color=["#888888" if n == "plain" else "#3070b0" for n in names])
+    plain = s["methods"].get("plain")
+    if plain:
+        for bar, r in zip(bars, rates):
+            a.annotate(f"{r / plain['tokens_per_second']:.2f}x", (bar.get_x() + bar.get_width() / 2, r),
+                       ha="center", va="bottom")
+    a.set_ylabel("tokens/s")
+    a.set_title(f"{s['n_prompts']} prompts, {s['max_tokens']} new tokens, greedy, {s['threads']} threads")
+    for name, e in s["speculative"].items():
+        acc = e["acceptance_at"]
+        if acc:
+            b.plot(range(1, len(acc) + 1), acc, "o-", label=f"{name} (mean accepted length "
+                                                            f"{e['mean_accepted_length']:.2f})")
+    b.set_xticks(range(1, s["draft_max"] + 1))
+    b.set_xlabel("draft position")
+    b.set_ylabel("accepted (fraction of rounds)")
+    b.set_ylim(0, 1)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

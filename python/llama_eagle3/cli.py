@@ -29,12 +29,14 @@ def _train(a: argparse.Namespace) -> None:
 
 
 def _bench(a: argparse.Namespace) -> None:
-    from .bench import bench, print_table, save
+    from .bench import bench, chart, print_table, save
 
     s = bench(a.model, a.head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
               methods=tuple(a.methods.split(",")))
     print_table(s)
     save(s, a.json)
+    if a.png is not None:
+        chart(s, a.png)
 
 
 def _chat(a: argparse.Namespace) -> None:
@@ -100,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--methods", default="plain,lookup,eagle3,auto",
                    help="comma-separated: plain, lookup, eagle3 (chain of --draft-max every round), auto (adaptive)")
     b.add_argument("--json", type=Path, default=None)
+    b.add_argument("--png", type=Path, default=None, help="chart: tokens/s per method, acceptance per draft position")
     b.set_defaults(func=_bench)
 
     a = p.parse_args(argv)
