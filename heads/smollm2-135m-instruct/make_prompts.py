@@ -1,11 +1,8 @@
 """Writes train_prompts.jsonl: the requests the shipped SmolLM2 head was trained on.
 
-1300 templates x topics (chat, code, math, lists, explanations), drawn with a fixed seed, then
-500 of the requests the target wrote itself for the first training run (self_written.jsonl), then
-N_MORE requests from the same templates and a second set (more code tasks and languages, how-to
-questions, SQL, other math and list forms), appended so that the first 1800 lines, and an output
-directory that already answered them, stay valid. None is a prompt of
-examples/prompts/heldout.jsonl (checked).
+1300 templates x topics (chat, code, math, lists, explanations), drawn with a fixed seed, and
+500 of the requests the target wrote itself for the first training run (self_written.jsonl). None is a
+prompt of examples/prompts/heldout.jsonl (checked).
 
     python heads/smollm2-135m-instruct/make_prompts.py
 """
@@ -17,7 +14,6 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).parent
-N_MORE = 1600
 TOPICS = """cooking pasta|the solar system|ancient Rome|learning to code|healthy sleep|traveling on a budget|jazz music|
 dogs|cats|saving money|high school|football|rainy weather|vegetable gardens|science fiction movies|geometry|electricity|
 friendship|remote work|electric cars|the deep ocean|mystery novels|laptops|painting with watercolors|learning Spanish|
@@ -62,72 +58,6 @@ CODE_KW = ["list", "dictionary", "set", "tuple", "class", "function", "loop", "w
            "hash table", "stack", "queue", "binary search", "git branch"]
 
 
-CHAT_MORE = ["How can I get better at {t}?", "Why is {t} important?", "What is the history of {t}?",
-             "Give me a motivational message about {t}.", "Recommend a weekend activity related to {t}.",
-             "Describe a perfect day involving {t}.", "Tell me a cheerful story about {t}.",
-             "How do I explain {t} to my grandparents?", "Write a short dialogue between two friends about {t}.",
-             "What's the best way to learn about {t} quickly?", "Is {t} worth the effort? Why?",
-             "Describe {t} in three sentences.", "What would you tell someone who is nervous about {t}?",
-             "Write a short thank-you note that mentions {t}.", "What is surprising about {t}?"]
-LISTS_MORE = ["Give me a list of ideas related to {t}.", "List six questions to ask about {t}.",
-              "What are the top five things to avoid with {t}?", "Give me a step-by-step plan to start {t}.",
-              "List some fun activities involving {t}.", "List the pros and cons of {t}.",
-              "Give me a shopping list for {t}.", "List three interesting facts about {t} for kids.",
-              "What are the most important words to know about {t}?", "Rank five things about {t} from easiest to hardest."]
-CODE_TASKS_MORE = ["returns the length of the longest word in a sentence", "counts the lines in a text file",
-                   "checks whether a list is sorted", "returns the sum of the digits of a number",
-                   "finds the minimum and maximum of a list", "rotates a list by k positions",
-                   "strips whitespace from every string in a list", "converts a string to title case",
-                   "returns the index of an item in a list or -1", "computes a power without using **",
-                   "generates a random password", "counts the uppercase letters in a string",
-                   "builds a dictionary from two lists", "keeps only the words longer than five letters",
-                   "calculates compound interest", "prints a multiplication table", "checks whether a string has only digits",
-                   "returns the intersection of two lists", "reverses the order of the words in a sentence",
-                   "converts minutes to hours and minutes", "finds the most common element in a list",
-                   "writes a list of strings to a file", "computes the distance between two points",
-                   "replaces every digit in a string with a star", "returns the product of a list of numbers"]
-LANGS = ["Python", "JavaScript", "Java", "C++", "Go", "Rust", "TypeScript", "Ruby"]
-CODE_MORE = ["Write a {lang} function that {c}.", "Show me {lang} code that {c}.",
-             "Write a {lang} program that {c}, with comments.", "Write a function that {c}, and test it."]
-HOW_TO = ["sort a dictionary by value", "open a JSON file", "make an HTTP request", "handle exceptions",
-          "install a package with pip", "create a virtual environment", "loop over a dictionary", "format a string",
-          "get the current date", "split a string into words", "ask the user for input", "write to a CSV file",
-          "measure how long code takes", "remove an item from a list", "define a class with a constructor",
-          "check the type of a variable", "join a list of strings", "convert a string to an integer",
-          "copy a list", "sleep for one second", "count the items in a list", "generate random numbers"]
-SQL = ["counts the orders of each customer", "finds the ten most expensive products", "deletes rows with an empty email",
-       "joins a users table and an orders table", "selects the employees of the sales department",
-       "computes the average salary per department", "finds duplicate email addresses", "updates the price of one product"]
-
-
-def more_prompt(r: random.Random) -> str:
-    kind = r.choices(["chat", "list", "code", "how", "sql", "math"], weights=[4, 3, 2, 1, 0.5, 2.5])[0]
-    t = r.choice(TOPICS)
-    if kind == "chat":
-        return r.choice(CHAT_MORE + CHAT).format(t=t, u=r.choice(TOPICS))
-    if kind == "list":
-        return r.choice(LISTS_MORE + LISTS).format(t=t)
-    if kind == "code":
-        return r.choice(CODE_MORE).format(lang=r.choice(LANGS), c=r.choice(CODE_TASKS_MORE + CODE_TASKS))
-    if kind == "how":
-        return f"How do I {r.choice(HOW_TO)} in {r.choice(LANGS[:3])}?"
-    if kind == "sql":
-        return f"Write a SQL query that {r.choice(SQL)}."
-    return r.choice([math_prompt, math_more])(r)
-
-
-def math_more(r: random.Random) -> str:
-    a, b, c = r.randint(2, 99), r.randint(2, 99), r.randint(2, 12)
-    return r.choice([f"What is {a + b} minus {b}?", f"Convert {c} hours to minutes.", f"How many seconds are in {c} minutes?",
-                     f"What is the volume of a cube with sides of {c} cm?", f"What is the sum of the numbers from 1 to {a}?",
-                     f"A recipe needs {c} eggs per cake. How many eggs do {b} cakes need?",
-                     f"What is the next number: {a}, {a + c}, {a + 2 * c}, ...?", f"Write {a * c} as a product of prime factors.",
-                     f"If {c} workers paint a fence in {c * 2} hours, how long would {c * 2} workers take?",
-                     f"What is {a} divided by {c}, with the remainder?", f"Is {a * c} divisible by {c}? Explain.",
-                     f"What is the mean of {a}, {b}, {c} and {a + c}?", f"How much is {c} dozen?",
-                     f"What is {c} to the power of 3?", f"Explain how to find {c * 10} percent of a number."])
-
-
 def math_prompt(r: random.Random) -> str:
     a, b, c = r.randint(2, 99), r.randint(2, 99), r.randint(2, 20)
     forms = [f"What is {a} plus {b}?", f"What is {a} times {c}? Show your work.", f"What is {a * c} divided by {c}?",
@@ -144,7 +74,7 @@ def math_prompt(r: random.Random) -> str:
     return r.choice(forms)
 
 
-def main(n: int = 1300, n_own: int = 500, n_more: int = N_MORE, seed: int = 0) -> None:
+def main(n: int = 1300, n_own: int = 500, seed: int = 0) -> None:
     r = random.Random(seed)
     held = {json.loads(line)["prompt"] for line in (HERE / "../../examples/prompts/heldout.jsonl").read_text().splitlines()}
     out: list[str] = []
@@ -167,18 +97,9 @@ def main(n: int = 1300, n_own: int = 500, n_more: int = N_MORE, seed: int = 0) -
             seen.add(p)
             out.append(p)
     own = [json.loads(line)["messages"][-1]["content"] for line in (HERE / "self_written.jsonl").read_text().splitlines()]
-    own = [p for p in own[:n_own] if p not in held]
-    seen.update(own)
-    r = random.Random(seed + 1)
-    more: list[str] = []
-    while len(more) < n_more:
-        p = more_prompt(r)
-        if p not in seen:
-            seen.add(p)
-            more.append(p)
-    lines = [json.dumps({"prompt": p}) for p in out + own + more]
+    lines = [json.dumps({"prompt": p}) for p in out] + [json.dumps({"prompt": p}) for p in own[:n_own] if p not in held]
     (HERE / "train_prompts.jsonl").write_text("\n".join(lines) + "\n")
-    print(f"{len(lines)} prompts ({len(out) + len(more)} templated, {len(own)} written by the target)")
+    print(f"{len(lines)} prompts ({len(out)} templated, {len(lines) - len(out)} written by the target)")
 
 
 if __name__ == "__main__":
