@@ -379,14 +379,7 @@ def _materialise(case: dict, directory: Path, n_vocab: int, targets: dict, smoll
     elif kind == "config":
         where = cfg.get("transformer_layer_config", cfg) if case["key"] in cfg.get("transformer_layer_config", {}) else cfg
         where[case["key"]] = case["value"]
-    prefix = "layers.0." if spec.layout in ("speculators", "angelslim") else "midlayer."
-    tensors = {(prefix + k[2:] if k.startswith("L.") else k): v for k, v in tensors.items()}
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(cfg, allow_nan=True))
-    if spec.fmt == "bin":
-        tm.write_torch_bin(directory / "pytorch_model.bin", tensors)
-    else:
-        tm.write_safetensors(directory / "model.safetensors", tensors)
+    tm.write_hf_head(directory, spec, tensors, cfg)
     target = {"qwen2": targets["qwen2"], "gemma3": targets["gemma3"], "smollm2": smollm2}.get(case.get("target", ""),
                                                                                               targets["llama"])
     detail = {k: (v.__name__ if isinstance(v, type) else v) for k, v in case.items() if k not in ("spec", "kind")}

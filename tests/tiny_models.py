@@ -249,13 +249,18 @@ def write_torch_bin(path: Path, tensors: dict[str, np.ndarray]) -> None:
             z.writestr(f"archive/data/{i}", np.ascontiguousarray(a).tobytes())
 
 
-def build_hf_head(directory: Path, spec: HeadSpec, n_vocab: int, seed: int = 1) -> Path:
+def write_hf_head(directory: Path, spec: HeadSpec, tensors: dict[str, np.ndarray], config: dict) -> Path:
+    """Writes canonical-name tensors ("L." = the decoder layer) and a config in spec's layout and format."""
     directory.mkdir(parents=True, exist_ok=True)
     prefix = "layers.0." if spec.layout in ("speculators", "angelslim") else "midlayer."
-    tensors = {(prefix + k[2:] if k.startswith("L.") else k): v for k, v in random_head_tensors(spec, n_vocab, seed).items()}
-    (directory / "config.json").write_text(json.dumps(head_config(spec, n_vocab)))
+    tensors = {(prefix + k[2:] if k.startswith("L.") else k): v for k, v in tensors.items()}
+    (directory / "config.json").write_text(json.dumps(config, allow_nan=True))
     if spec.fmt == "bin":
         write_torch_bin(directory / "pytorch_model.bin", tensors)
     else:
         write_safetensors(directory / "model.safetensors", tensors)
     return directory
+
+
+def build_hf_head(directory: Path, spec: HeadSpec, n_vocab: int, seed: int = 1) -> Path:
+    return write_hf_head(directory, spec, random_head_tensors(spec, n_vocab, seed), head_config(spec, n_vocab))
