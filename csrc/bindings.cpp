@@ -66,7 +66,8 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<HeadRunner>(m, "HeadRunner")
         .def(py::init([](const std::string & path, uintptr_t target_ctx, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-                         int32_t n_threads_batch, int32_t n_gpu_layers, std::vector<int32_t> d2t) {
+                         int32_t n_threads_batch, int32_t n_gpu_layers, std::vector<int32_t> d2t,
+                         int32_t tree_width_max, int32_t tree_cells_max) {
                  HeadParams p;
                  p.path = path;
                  p.target_ctx = as_ctx(target_ctx);
@@ -75,11 +76,14 @@ PYBIND11_MODULE(_core, m) {
                  p.n_threads = n_threads;
                  p.n_threads_batch = n_threads_batch;
                  p.n_gpu_layers = n_gpu_layers;
+                 p.tree_width_max = tree_width_max;
+                 p.tree_cells_max = tree_cells_max;
                  py::gil_scoped_release release;
                  return new HeadRunner(p, std::move(d2t));
              }),
              py::arg("path"), py::arg("target_ctx"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_threads"),
-             py::arg("n_threads_batch"), py::arg("n_gpu_layers"), py::arg("d2t"))
+             py::arg("n_threads_batch"), py::arg("n_gpu_layers"), py::arg("d2t"),
+             py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0)
         .def_property_readonly("n_embd", &HeadRunner::n_embd)
         .def_property_readonly("n_embd_enc", &HeadRunner::n_embd_enc)
         .def_property_readonly("n_ctx", &HeadRunner::n_ctx)
@@ -108,6 +112,17 @@ PYBIND11_MODULE(_core, m) {
             }
             return r;
         })
+        .def("draft_tree", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0, int32_t depth, int32_t width,
+                              int32_t n_nodes) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            DraftTree t;
+            {
+                py::gil_scoped_release release;
+                t = h.draft_tree(tokens.data(), g.data(), tokens.size(), pos0, depth, width, n_nodes);
+            }
+            return py::make_tuple(t.tokens, t.parents, t.depth, t.scores);
+        },
+             "(tokens, parents, depth, scores) of the draft tree; see head_runner.h")
         .def("forward", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0) {
             const int64_t n = tokens.size();
             check_rows(g, n, h.n_embd(), "g");

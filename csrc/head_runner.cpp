@@ -19,11 +19,17 @@ HeadRunner::HeadRunner(const HeadParams & p, std::vector<int32_t> draft_to_targe
     if (!model_) {
         throw std::runtime_error("llama.cpp could not load the EAGLE-3 head " + p.path);
     }
+    if (p.tree_width_max < 1 || p.tree_cells_max < 0) {
+        throw std::invalid_argument("tree_width_max must be >= 1 and tree_cells_max >= 0");
+    }
+    tree_width_max_ = p.tree_width_max;
+    tree_cells_max_ = p.tree_width_max > 1 ? p.tree_cells_max : 0;
     llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx = (uint32_t) p.n_ctx;
+    cparams.n_ctx = (uint32_t) (p.n_ctx + tree_cells_max_);
     cparams.n_batch = (uint32_t) p.n_batch;
     cparams.n_ubatch = (uint32_t) p.n_batch;
-    cparams.n_seq_max = 1;
+    cparams.n_seq_max = (uint32_t) (tree_width_max_ > 1 ? 1 + 2 * tree_width_max_ : 1);
+    cparams.kv_unified = true;  // tree sequences share the committed context's cells
     cparams.n_threads = p.n_threads;
     cparams.n_threads_batch = p.n_threads_batch;
     cparams.ctx_other = p.target_ctx;
@@ -39,7 +45,7 @@ HeadRunner::HeadRunner(const HeadParams & p, std::vector<int32_t> draft_to_targe
     n_embd_ = llama_model_n_embd(model_.get());
     n_embd_enc_ = (int32_t) llama_model_target_layer_ids_n(model_.get()) * llama_model_n_embd(llama_get_model(p.target_ctx));
     n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(model_.get()));
-    n_ctx_ = (int32_t) llama_n_ctx(ctx_.get());
+    n_ctx_ = (int32_t) llama_n_ctx(ctx_.get()) - tree_cells_max_;  // positions; the rest is room for trees
     n_batch_ = (int32_t) llama_n_batch(ctx_.get());
     for (int32_t t : d2t_) {
         if (t < 0 || t >= n_vocab_) {
@@ -155,6 +161,137 @@ int32_t HeadRunner::top1(int32_t batch_idx, float * prob) const {
         *prob = (float) (1.0 / sum);
     }
     return id(best);
+}
+
+std::vector<std::pair<int32_t, float>> HeadRunner::topk(int32_t batch_idx, int32_t k) const {
+    const float * logits = llama_get_logits_ith(ctx_.get(), batch_idx);
+    if (logits == nullptr) {
+        throw std::runtime_error("EAGLE-3 head produced no logits");
+    }
+    const int32_t n = d2t_.empty() ? n_vocab_ : (int32_t) d2t_.size();
+    auto id = [&](int32_t i) { return d2t_.empty() ? i : d2t_[i]; };
+    float best = -INFINITY;
+    for (int32_t i = 0; i < n; ++i) {
+        best = std::max(best, logits[id(i)]);
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) {
+        sum += std::exp((double) (logits[id(i)] - best));
+    }
+    const float log_z = best + (float) std::log(sum);
+    std::vector<int32_t> idx(n);
+    for (int32_t i = 0; i < n; ++i) {
+        idx[i] = i;
+    }
+    k = std::min(k, n);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int32_t a, int32_t b) { return logits[id(a)] > logits[id(b)]; });
+    std::vector<std::pair<int32_t, float>> out;
+    for (int32_t i = 0; i < k; ++i) {
+        out.emplace_back(id(idx[i]), logits[id(idx[i])] - log_z);
+    }
+    return out;
+}
+
+DraftTree HeadRunner::draft_tree(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int32_t depth,
+                                 int32_t width, int32_t n_nodes) {
+    if (n <= 0) {
+        throw std::invalid_argument("draft_tree() needs at least one (token, g) pair");
+    }
+    if (width < 1 || width > tree_width_max_) {
+        throw std::invalid_argument("tree width " + std::to_string(width) + " outside 1.." + std::to_string(tree_width_max_) +
+                                    " (the head was made for trees up to that width)");
+    }
+    if (width > 1 && width * depth > tree_cells_max_) {
+        throw std::invalid_argument("a tree of width " + std::to_string(width) + " and depth " + std::to_string(depth) +
+                                    " needs more than the " + std::to_string(tree_cells_max_) + " KV cells reserved for trees");
+    }
+    depth = std::min<int32_t>(depth, n_ctx_ - (pos0 + (int32_t) n));
+    decode_pairs(tokens, g, n, pos0, Read::last);
+    DraftTree all;  // every candidate, in creation (= depth) order
+    std::vector<int32_t> seq;       // sequence of each candidate that was expanded (-1: not expanded)
+    std::vector<int32_t> src;       // which stored state h a candidate's pair feeds
+    std::vector<std::vector<float>> states;
+    auto add_children = [&](int32_t row, int32_t parent, int32_t d) {
+        const float * h = llama_get_embeddings_nextn_ith(ctx_.get(), row);
+        if (h == nullptr) {
+            throw std::runtime_error("EAGLE-3 head produced no pre-norm state");
+        }
+        states.emplace_back(h, h + n_embd_);
+        const float base = parent < 0 ? 0.0f : all.scores[parent];
+        for (const auto & [t, lp] : topk(row, width)) {
+            all.tokens.push_back(t);
+            all.parents.push_back(parent);
+            all.depth.push_back(d);
+            all.scores.push_back(base + lp);
+            seq.push_back(-1);
+            src.push_back((int32_t) states.size() - 1);
+        }
+    };
+    if (depth >= 1) {
+        add_children(-1, -1, 1);
+    }
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    size_t level_begin = 0;
+    for (int32_t d = 2; d <= depth; ++d) {
+        std::vector<int32_t> level;
+        for (size_t i = level_begin; i < all.tokens.size(); ++i) {
+            level.push_back((int32_t) i);
+        }
+        level_begin = all.tokens.size();
+        const int32_t m = std::min<int32_t>(width, (int32_t) level.size());
+        std::partial_sort(level.begin(), level.begin() + m, level.end(),
+                          [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
+        const int32_t seq_base = d % 2 == 0 ? 1 : 1 + width;  // alternate with the parents' set
+        llama_batch_ext_clear(batch_.get());
+        const llama_pos pos = pos0 + (llama_pos) n + d - 2;
+        for (int32_t j = 0; j < m; ++j) {
+            const int32_t x = level[j];
+            const llama_seq_id s = width == 1 ? 0 : seq_base + j;  // a chain stays in sequence 0
+            if (s != 0) {
+                llama_memory_seq_rm(mem, s, -1, -1);
+                llama_memory_seq_cp(mem, all.parents[x] < 0 ? 0 : seq[all.parents[x]], s, -1, -1);
+            }
+            seq[x] = s;
+            const std::vector<float> & h = states[src[x]];
+            llama_embd e = {h.data(), 1, (size_t) n_embd_};
+            const int32_t idx = llama_batch_ext_add_token(batch_.get(), s, all.tokens[x]);
+            if (idx < 0 || !llama_batch_ext_set_pos(batch_.get(), idx, &pos) ||
+                !llama_batch_ext_set_embd_token(batch_.get(), idx, e) ||
+                !llama_batch_ext_set_output_logits(batch_.get(), idx, true)) {
+                throw std::runtime_error("could not build the EAGLE-3 tree batch");
+            }
+        }
+        process(LLAMA_PROCESS_TYPE_DECODE, "tree decode");
+        for (int32_t j = 0; j < m; ++j) {
+            add_children(j, level[j], d);
+        }
+    }
+    for (llama_seq_id s = 1; s <= 2 * width && width > 1; ++s) {
+        llama_memory_seq_rm(mem, s, -1, -1);
+    }
+    // keep the n_nodes best; ties go to the earlier (shallower) candidate, so parents stay
+    std::vector<int32_t> order(all.tokens.size());
+    for (size_t i = 0; i < order.size(); ++i) {
+        order[i] = (int32_t) i;
+    }
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
+    order.resize(std::min<size_t>(order.size(), (size_t) std::max(n_nodes, 0)));
+    std::sort(order.begin(), order.end());
+    std::vector<int32_t> new_index(all.tokens.size(), -1);
+    DraftTree out;
+    for (int32_t i : order) {
+        const int32_t parent = all.parents[i] < 0 ? -1 : new_index[all.parents[i]];
+        if (all.parents[i] >= 0 && parent < 0) {
+            continue;  // unreachable by the ordering argument; never hand out an orphan
+        }
+        new_index[i] = (int32_t) out.tokens.size();
+        out.tokens.push_back(all.tokens[i]);
+        out.parents.push_back(parent);
+        out.depth.push_back(all.depth[i]);
+        out.scores.push_back(all.scores[i]);
+    }
+    return out;
 }
 
 std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,

@@ -19,12 +19,17 @@
 //
 // KV invariant kept by the caller: positions [0, n_valid) hold pairs built from true
 // target features; everything from n_valid on is speculative and is dropped
-// (seq_rm) by the next extend()/draft() call that starts at n_valid.
+// (seq_rm) by the next extend()/draft() call that starts at n_valid. Sequence 0 is the
+// committed context and chain drafts; a tree draft expands its nodes in sequences
+// 1..2*tree_width (each expanded node's sequence = its parent's cells + its own; two sets
+// alternate by depth so a level reads its parents' sequences while writing its own) and
+// removes them all before it returns.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 struct llama_context;
@@ -44,6 +49,20 @@ struct HeadParams {
     int32_t n_threads = 1;
     int32_t n_threads_batch = 1;
     int32_t n_gpu_layers = 0;
+    int32_t tree_width_max = 1;  // widest tree draft_tree() may be asked for (1: chains only)
+    int32_t tree_cells_max = 0;  // KV cells a tree may hold beyond the committed context
+};
+
+// An EAGLE-2 dynamic draft tree. Nodes are in depth order (a parent before its children);
+// node i holds target token tokens[i] at depth depth[i] (1 = the token after next_token),
+// its parent is node parents[i] (-1: next_token, the root) and scores[i] is the draft
+// log-probability of the path root -> i (sum of the head's log-softmax over the draft
+// vocabulary along the path).
+struct DraftTree {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> parents;
+    std::vector<int32_t> depth;
+    std::vector<float> scores;
 };
 
 class HeadRunner {
@@ -71,6 +90,14 @@ public:
     std::vector<int32_t> draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
                       int32_t n_max, float p_min);
 
+    // extend() with the last pair's outputs kept, then a tree of at most n_nodes nodes and
+    // `depth` levels: each level expands the `width` best nodes of the level before (by score)
+    // in one decode, each into its `width` most likely children; the n_nodes best candidates
+    // of all levels are kept (a child never scores above its parent, so every kept node's
+    // ancestors are kept). width 1 and n_nodes == depth is draft() without p_min.
+    DraftTree draft_tree(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
+                         int32_t depth, int32_t width, int32_t n_nodes);
+
     // Every row's draft-vocabulary logits [n, Vd] and pre-norm state [n, Hd] for pairs at
     // pos0 + i (reference checks; KV from pos0 on is replaced).
     void forward(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
@@ -86,6 +113,8 @@ private:
     void process(int type, const char * what);
     // top-1 draft token (target id) of an output row; *prob: its probability, if asked for
     int32_t top1(int32_t batch_idx, float * prob) const;
+    // the k most likely draft tokens of an output row: (target id, log-probability), best first
+    std::vector<std::pair<int32_t, float>> topk(int32_t batch_idx, int32_t k) const;
 
     // declared in the order they are made: destroyed batch, context, model
     std::unique_ptr<llama_model, LlamaModelFree>         model_;
@@ -93,4 +122,5 @@ private:
     std::unique_ptr<llama_batch_ext, LlamaBatchExtFree>  batch_;
     std::vector<int32_t> d2t_;
     int32_t n_embd_ = 0, n_embd_enc_ = 0, n_vocab_ = 0, n_ctx_ = 0, n_batch_ = 0;
+    int32_t tree_width_max_ = 1, tree_cells_max_ = 0;
 };

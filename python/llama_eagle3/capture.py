@@ -77,14 +77,18 @@ class FeatureCapture:
             return out
         return core.builtin_read(self._ctx, self.layer_ids, self.n_embd, n)
 
-    def attach_to(self, llm: "llama_cpp.Llama") -> None:
+    def attach_to(self, llm: "llama_cpp.Llama", n_seq_max: int = 1) -> None:
         """Installs the capture in llm's target context. llama_cpp.Llama creates its context
-        without an eval callback, so the hook path makes the context again with one (before
-        anything was decoded)."""
-        if self._hook is not None:
+        without an eval callback and with one sequence, so the hook path, and tree verification
+        (n_seq_max > 1: one sequence per leaf, in a unified KV cache), make the context again
+        (before anything was decoded)."""
+        if self._hook is not None or n_seq_max > 1:
             llm._ctx.close()
             params = llm.context_params
             self.install(params)
+            if n_seq_max > 1:
+                params.n_seq_max = n_seq_max
+                params.kv_unified = True
             llm._ctx = llm._stack.enter_context(contextlib.closing(
                 internals.LlamaContext(model=llm._model, params=params, verbose=llm.verbose)))
             if llm._lora_adapter is not None:

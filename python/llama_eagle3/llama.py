@@ -10,6 +10,12 @@ proposer.py). A round:
     decode   [t_n, d_1..d_K] at positions n..n+K             # ONE target decode, logits on every row
     commit   accept_chain(sample row i, drafts)              # y_0..y_a, a drafts accepted
     rollback target KV to n+a+1; hand features of n..n+a to the proposer
+
+A tree round (eagle3_tree_width > 1, when the policy picks it) drafts a tree instead, decodes
+t_n and every node in one multi-sequence batch laid out depth first (tree.py), commits with
+accept_tree, and keeps the cells of t_n and of the accepted nodes on the head's top-1 chain
+(sequence 0, in cell order); accepted tokens past a branch are committed, their features and
+cells dropped, and the next round re-evaluates them (_resync), as after a stop.
     yield    y_0..y_a, each with n_tokens set to its own position as plain decoding would have
              it (accepted tokens after it wait in the KV past n_tokens); next round evaluates [y_a]
 
@@ -33,14 +39,20 @@ from .capture import CaptureMode, FeatureCapture, context_address
 from .policy import DraftPolicy
 from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
-from .verifier import accept_chain
+from .tree import DraftTree
+from .verifier import accept_chain, accept_tree
 
 from eagle3_convert.errors import ConversionError
 from eagle3_convert.gguf_io import check_head_gguf
 from eagle3_convert.target import TargetInfo
 
+import llama_cpp._internals as internals
 from llama_cpp.llama import LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_grammar import LlamaGrammar
+
+
+MAX_TREE_WIDTH = 8
+MAX_TREE_NODES = 63  # the target context gets one sequence per leaf
 
 
 class Llama(llama_cpp.Llama):
@@ -55,6 +67,9 @@ class Llama(llama_cpp.Llama):
         eagle3_p_min: stop a chain when the head's top-1 probability falls below this.
         eagle3_capture: "auto" (llama.cpp's built-in extraction where the architecture has it,
             otherwise the graph hook), "hook" or "builtin".
+        eagle3_tree_width: > 1 makes draft trees of this width a candidate (tree.py; with
+            eagle3_adaptive=False every round drafts one); 1: chains only.
+        eagle3_tree_nodes: node budget of a tree (default 3 * eagle3_draft_max).
 
     With eagle3_head, flash_attn defaults to True: greedy output is then token-for-token
     that of llama_cpp.Llama(..., flash_attn=True).
@@ -62,7 +77,8 @@ class Llama(llama_cpp.Llama):
 
     def __init__(self, model_path: str, *args, eagle3_head: Optional[Union[str, Path]] = None,
                  eagle3_draft_max: int = 4, eagle3_adaptive: bool = True, eagle3_p_min: float = 0.5,
-                 eagle3_capture: CaptureMode = "auto", **kwargs):
+                 eagle3_capture: CaptureMode = "auto", eagle3_tree_width: int = 1,
+                 eagle3_tree_nodes: Optional[int] = None, **kwargs):
         self._spec: Optional[Eagle3Proposer] = None
         self._lock = threading.Lock()  # rounds and state changes of one generation at a time
         self._generation: Optional[object] = None
@@ -72,9 +88,19 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"eagle3_draft_max must be >= 0, got {eagle3_draft_max}")
         if not 0.0 <= eagle3_p_min <= 1.0:
             raise ValueError(f"eagle3_p_min must be in [0, 1], got {eagle3_p_min}")
+        if eagle3_tree_nodes is None:
+            eagle3_tree_nodes = 3 * eagle3_draft_max
+        if not 1 <= eagle3_tree_width <= MAX_TREE_WIDTH:
+            raise ValueError(f"eagle3_tree_width must be in 1..{MAX_TREE_WIDTH}, got {eagle3_tree_width}")
+        if eagle3_tree_width > 1 and not eagle3_draft_max <= eagle3_tree_nodes <= MAX_TREE_NODES:
+            raise ValueError(f"eagle3_tree_nodes must be in eagle3_draft_max..{MAX_TREE_NODES} "
+                             f"({eagle3_draft_max}..{MAX_TREE_NODES}), got {eagle3_tree_nodes}")
         self.eagle3_draft_max = eagle3_draft_max
         self.eagle3_p_min = eagle3_p_min
-        self._policy = DraftPolicy(eagle3_draft_max, adaptive=eagle3_adaptive)
+        self.eagle3_tree_width = eagle3_tree_width
+        self.eagle3_tree_nodes = eagle3_tree_nodes if eagle3_tree_width > 1 else 0
+        self._policy = DraftPolicy(eagle3_draft_max, adaptive=eagle3_adaptive, tree_width=eagle3_tree_width,
+                                   tree_nodes=self.eagle3_tree_nodes)
         if eagle3_capture not in ("auto", "hook", "builtin"):
             raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {eagle3_capture!r}")
         head_path = Path(eagle3_head) if eagle3_head is not None else None
@@ -114,11 +140,17 @@ class Llama(llama_cpp.Llama):
                           f"so speculation is off and generation is plain", stacklevel=3)
             return
         capture = FeatureCapture(target.arch, head.config.target_layers, target.n_embd, target.n_layer, capture_mode)
-        capture.attach_to(self)
+        capture.attach_to(self, n_seq_max=max(1, self.eagle3_tree_nodes))
         ctx = context_address(self._ctx.ctx)
         runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,
                                  self.context_params.n_threads_batch, int(self.model_params.n_gpu_layers),
-                                 [] if head.d2t is None else [int(x) for x in head.d2t])
+                                 [] if head.d2t is None else [int(x) for x in head.d2t],
+                                 tree_width_max=self.eagle3_tree_width,
+                                 tree_cells_max=self.eagle3_tree_width * self.eagle3_draft_max)
+        if self.eagle3_tree_width > 1:
+            self._tree_batch = internals.LlamaBatch(n_tokens=self.eagle3_tree_nodes + 1, embd=0,
+                                                    n_seq_max=self.eagle3_tree_nodes, verbose=False)
+            self._stack.callback(self._tree_batch.close)
         self._capture = capture
         self._spec = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(self._spec.close)  # LIFO: the head goes before the target context
@@ -141,7 +173,8 @@ class Llama(llama_cpp.Llama):
     @property
     def speculation_on(self) -> bool:
         """Whether the next round would draft (the adaptive policy may have switched speculation off)."""
-        return self._spec is not None and self.eagle3_draft_max > 0 and self._policy.choose() > 0
+        return self._spec is not None and self.eagle3_draft_max > 0 and (
+            self._policy.choose() > 0 or self._policy.choose_tree())
 
     def speculative_stats(self) -> dict:
         """Counters since construction or reset_speculative_stats(): rounds, drafted, accepted,
@@ -296,11 +329,15 @@ class Llama(llama_cpp.Llama):
         whose logits produced the first of them. On return the target KV holds every committed
         token but the last."""
         stats, policy = self._stats, self._policy
+        if self._spec.feature_end < self.n_tokens:  # tokens a tree round committed past a branch
+            pending = self._resync() + pending
         n0 = self.n_tokens
         drafts: list[int] = []
         probe: list[int] = []  # an unverified one-token draft while the policy has speculation off
         if len(pending) == 1 and self.eagle3_draft_max > 0 and self._spec.feature_end == n0 and n0 > 0:
             room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
+            if room >= self.eagle3_draft_max and policy.choose_tree():
+                return self._tree_round(pending[0])
             k = min(policy.choose(), room)
             if k > 0 or (room > 0 and policy.probe_due()):
                 t0 = time.perf_counter()
@@ -341,3 +378,65 @@ class Llama(llama_cpp.Llama):
                 stats.record_probe(probe[0] == committed[0])
                 policy.observe_probe(probe[0] == committed[0])
         return committed, first_pos
+
+    def _tree_round(self, root: int) -> tuple[list[int], int]:
+        """A round that drafts a tree after root (the last committed token, position n), verifies
+        root and every node in one decode and keeps the accepted path (see tree.py). Returns
+        what _round returns."""
+        stats, policy = self._stats, self._policy
+        n0 = self.n_tokens
+        t0 = time.perf_counter()
+        tree = self._spec.propose_tree(self.input_ids, root, self.eagle3_draft_max, self.eagle3_tree_width,
+                                       self.eagle3_tree_nodes).depth_first()
+        t1 = time.perf_counter()
+        stats.draft_seconds += t1 - t0
+        seqs = tree.row_sequences()                      # [1 + m] sequence ids per batch row
+        features = self._decode_tree([root, *tree.tokens], [n0, *(n0 + d for d in tree.depth)], seqs)
+        t2 = time.perf_counter()
+        stats.verify_seconds += t2 - t1
+        policy.observe_decode(len(tree) + 1, t2 - t1)
+
+        def sample_row(r: int) -> int:
+            path = tree.path_to(r - 1) if r > 0 else []
+            for j, node in enumerate(path):              # logits processors see the row's prefix
+                self.input_ids[n0 + 1 + j] = tree.tokens[node]
+            self.n_tokens = n0 + 1 + len(path)
+            return self._sampler.sample(self._ctx, r)
+
+        committed, path = accept_tree(sample_row, tree)
+        stats.sample_seconds += time.perf_counter() - t2
+        rows = [0, *(i + 1 for i in path)]               # batch rows of positions n0..n0+a
+        if self._logits_all:
+            for j, r in enumerate(rows):
+                self.scores[n0 + j, :] = np.ctypeslib.as_array(self._ctx.get_logits_ith(r), shape=(self._n_vocab,))
+        kept = rows[: 1 + tree.chain_prefix(path)]     # rows 0..j: cells in order, sequence 0
+        self._keep_sequence_0(n0 + len(kept))
+        self._spec.observe(features[kept], self.input_ids)
+        stats.record_round(len(tree), len(path), depth=max(tree.depth, default=0))
+        policy.observe_tree(len(committed), t1 - t0)
+        return committed, n0
+
+    def _decode_tree(self, tokens: list[int], positions: list[int], seqs: list[list[int]]) -> np.ndarray:
+        """One decode of a tree batch (logits on every row) after copying the committed context
+        into every leaf's sequence; returns the rows' features [len(tokens), 3*Ht]."""
+        self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        for s in range(1, len(seqs[0])):
+            llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
+        b = self._tree_batch.batch
+        b.n_tokens = len(tokens)
+        for i, (t, p, ss) in enumerate(zip(tokens, positions, seqs)):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, p, len(ss), True
+            for j, s in enumerate(ss):
+                b.seq_id[i][j] = s
+        self.input_ids[self.n_tokens] = tokens[0]
+        self._capture.begin()
+        self._ctx.decode(self._tree_batch)
+        return self._capture.take(len(tokens))
+
+    def _keep_sequence_0(self, end: int) -> None:
+        """After a tree verify: keeps sequence 0's cells below position end (every other sequence's
+        cells go); the target KV then holds input_ids[:end]."""
+        llama_cpp.llama_memory_seq_keep(llama_cpp.llama_get_memory(self._ctx.ctx), 0)
+        self._ctx.kv_cache_seq_rm(-1, end, -1)
+        self.n_tokens = end

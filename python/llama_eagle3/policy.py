@@ -20,6 +20,14 @@ verified, and the next committed token tells whether it was right (it costs one 
 not a target row). A hit halves the gap to the next probe (down to 2 plain tokens), a miss
 doubles it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and
 an unpredictable one costs about one head step per `probe_every` tokens.
+
+Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
+E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
+with gain (tree tokens per round over the chain's E(k_max) at the time) and the drafting
+time measured on tree rounds. After the chain warm-up, `warmup_rounds` tree rounds measure
+them; from then on a round drafts the tree when its rate beats the best chain's. On a
+compute-bound CPU T(n) grows with n and the tree loses; on a bandwidth-bound GPU T(n) ~ T(1)
+and the tree's extra acceptance is nearly free.
 """
 
 from __future__ import annotations
@@ -43,12 +51,17 @@ class _Ema:
 class DraftPolicy:
     k_max: int
     adaptive: bool = True
+    tree_width: int = 1          # > 1: trees of this width are a candidate shape
+    tree_nodes: int = 0          # node budget of a tree
     warmup_rounds: int = 4       # verify rounds at k_max before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
     alpha_prior: float = 0.5
     _t: dict[int, deque] = field(default_factory=dict)  # rows -> recent decode seconds
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _alpha: list[_Ema] = field(default_factory=list)
+    _tree_gain: _Ema = field(default_factory=lambda: _Ema(0.85))
+    _tree_c: _Ema = field(default_factory=lambda: _Ema(0.9))
+    _tree_rounds: int = 0
     _since_probe: int = 0
     _probe_gap: int = 0
 
@@ -70,6 +83,12 @@ class DraftPolicy:
         """Draft positions 1..drafted were verified; the first `accepted` matched."""
         for i in range(min(drafted, accepted + 1, self.k_max)):
             self._alpha[i].add(1.0 if i < accepted else 0.0)
+
+    def observe_tree(self, committed: int, draft_seconds: float) -> None:
+        """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
+        self._tree_rounds += 1
+        self._tree_gain.add(committed / self.expected_tokens(self.k_max))
+        self._tree_c.add(draft_seconds)
 
     def observe_probe(self, hit: bool) -> None:
         self._alpha[0].add(1.0 if hit else 0.0)
@@ -97,16 +116,41 @@ class DraftPolicy:
         (n0, t0), (n1, t1) = (lo[-1], hi[0]) if lo and hi else (known[-2], known[-1]) if lo else (known[0], known[1])
         return t0 + (t1 - t0) * (rows - n0) / (n1 - n0)
 
+    def expected_tokens(self, k: int) -> float:
+        """E(k): tokens a chain of k commits per round."""
+        e, run = 1.0, 1.0
+        for i in range(k):
+            run *= self.alpha(i)
+            e += run
+        return e
+
     def expected_rate(self, k: int) -> Optional[float]:
         """E(k) / C(k) in tokens per second, or None while a cost is unknown."""
         t = self.cost(k + 1)
         if t is None or (k > 0 and self._c.value is None):
             return None
-        e, run = 1.0, 1.0
-        for i in range(k):
-            run *= self.alpha(i)
-            e += run
-        return e / (t + k * (self._c.value or 0.0))
+        return self.expected_tokens(k) / (t + k * (self._c.value or 0.0))
+
+    def tree_rate(self) -> Optional[float]:
+        """E_tree / C_tree in tokens per second, or None before tree rounds were measured."""
+        t = self.cost(self.tree_nodes + 1)
+        if self._tree_gain.value is None or t is None:
+            return None
+        return self._tree_gain.value * self.expected_tokens(self.k_max) / (t + self._tree_c.value)
+
+    def choose_tree(self) -> bool:
+        """Whether this round drafts a tree (else choose() gives the chain length)."""
+        if self.tree_width <= 1 or self.k_max == 0:
+            return False
+        if not self.adaptive:
+            return True
+        if self._n(1) < 2 or self._n(self.k_max + 1) < self.warmup_rounds:
+            return False
+        if self._tree_rounds < self.warmup_rounds:
+            return True
+        tree = self.tree_rate()
+        best_chain = max((r for r in map(self.expected_rate, range(self.k_max + 1)) if r is not None), default=None)
+        return tree is not None and (best_chain is None or tree > best_chain)
 
     def choose(self) -> int:
         """Tokens to draft this round (0: plain decoding)."""
@@ -132,5 +176,7 @@ class DraftPolicy:
 
     def snapshot(self) -> dict:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
+                "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
+                "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
                 "decode_ms": {n: round(1e3 * statistics.median(d), 3) for n, d in sorted(self._t.items())},
                 "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}

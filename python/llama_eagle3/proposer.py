@@ -1,4 +1,4 @@
-"""Chain drafting with the EAGLE-3 head ("where drafts are made").
+"""Chain and tree drafting with the EAGLE-3 head ("where drafts are made").
 
 State, kept in step with the target's KV cache (positions 0..n_tokens-1):
 
@@ -10,7 +10,8 @@ Features stay raw (f, 3*Ht) until the head needs them: propose() encodes the pen
 (g = fc(f)) in one call, so plain steps without a draft and rejected verify rows cost no
 head work. Each round the engine calls propose(next_token): the head consumes every pending
 pair (the last one pairs g[n-1] with the freshly sampled next_token) in one decode, then
-drafts autoregressively, feeding its own pre-norm state forward. The draft's own KV rows
+drafts autoregressively, feeding its own pre-norm state forward (propose: a chain;
+propose_tree: a tree, see tree.py and HeadRunner::draft_tree). The draft's own KV rows
 (positions >= n) are speculative: they are overwritten by the next round, which starts
 at head_n = n. After verification the engine hands back the accepted rows' features
 with observe().
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._native import core
+from .tree import DraftTree
 
 
 class Eagle3Proposer:
@@ -78,21 +80,32 @@ class Eagle3Proposer:
         self.runner.truncate(self.head_n)
         return self.head_n
 
-    def propose(self, input_ids: np.ndarray, next_token: int, n_max: int, p_min: float) -> list[int]:
-        """Draft up to n_max tokens that follow next_token (the target's token at feature_end).
-
-        Requires pending rows (the target evaluated at least one position since the last round)."""
-        if self._n_pending == 0 or n_max <= 0:
-            return []
+    def _take_pending(self, input_ids: np.ndarray, next_token: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every pending pair, (tokens [m], g [m, Hd], pos0); the last pairs g[n-1] with next_token."""
         rows = self._pending_rows()
         n = len(rows)
         tokens = np.empty(n, dtype=np.int32)
         tokens[: n - 1] = input_ids[self.head_n + 1 : self.head_n + n]
         tokens[n - 1] = next_token
-        drafts = self.runner.draft(tokens, self.runner.encode(rows), self.head_n, n_max, p_min)
+        pos0 = self.head_n
         self.head_n += n
         self._pending, self._n_pending = [], 0
-        return drafts
+        return tokens, self.runner.encode(rows), pos0
+
+    def propose(self, input_ids: np.ndarray, next_token: int, n_max: int, p_min: float) -> list[int]:
+        """Draft a chain of up to n_max tokens that follow next_token (the target's token at feature_end).
+
+        Requires pending rows (the target evaluated at least one position since the last round)."""
+        if self._n_pending == 0 or n_max <= 0:
+            return []
+        return self.runner.draft(*self._take_pending(input_ids, next_token), n_max, p_min)
+
+    def propose_tree(self, input_ids: np.ndarray, next_token: int, depth: int, width: int,
+                     n_nodes: int) -> DraftTree:
+        """Draft a tree (tree.py) of at most n_nodes nodes and `depth` levels after next_token."""
+        if self._n_pending == 0 or depth <= 0 or n_nodes <= 0:
+            return DraftTree([], [], [], [])
+        return DraftTree(*self.runner.draft_tree(*self._take_pending(input_ids, next_token), depth, width, n_nodes))
 
     def close(self) -> None:
         self.runner = None  # type: ignore[assignment]  # frees the head's context and model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -21,17 +22,19 @@ class SpeculativeStats:
     generate_seconds: float = 0.0  # wall time inside generate(), prompt included
     plain_decode_seconds: float = 0.0  # target decodes without a draft (prompts, plain steps)
 
-    def record_round(self, n_drafted: int, n_accepted: int) -> None:
+    def record_round(self, n_drafted: int, n_accepted: int, depth: Optional[int] = None) -> None:
+        """A verify of n_drafted draft tokens reaching `depth` positions (a chain: depth = n_drafted)."""
+        depth = n_drafted if depth is None else depth
         if n_drafted == 0:
             self.plain_steps += 1
             return
         self.rounds += 1
         self.drafted += n_drafted
         self.accepted += n_accepted
-        while len(self.drafted_at) < n_drafted:
+        while len(self.drafted_at) < depth:
             self.drafted_at.append(0)
             self.accepted_at.append(0)
-        for i in range(n_drafted):
+        for i in range(depth):
             self.drafted_at[i] += 1
         for i in range(n_accepted):
             self.accepted_at[i] += 1
