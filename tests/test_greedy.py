@@ -46,11 +46,12 @@ def references(targets):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("drafter", ["head", "oracle"])
+@pytest.mark.parametrize("drafter", ["head", "oracle", "head tree", "oracle tree"])
 def test_completions_identical(arch, drafter, targets, heads, references):
     plain = plain_llm(targets[arch])
-    spec = spec_llm(targets[arch], heads[arch], eagle3_draft_max=4)
-    if drafter == "oracle":
+    tree = dict(eagle3_tree_width=3, eagle3_tree_nodes=10) if drafter.endswith("tree") else {}
+    spec = spec_llm(targets[arch], heads[arch], eagle3_draft_max=4, **tree)
+    if drafter.startswith("oracle"):
         oracle.install(spec, list(references[arch].values()))
     for prompt in PROMPTS:
         for n in LENGTHS:
@@ -61,7 +62,7 @@ def test_completions_identical(arch, drafter, targets, heads, references):
             assert b["choices"][0]["finish_reason"] == a["choices"][0]["finish_reason"]
     stats = spec.speculative_stats()
     assert stats["rounds"] > 0 and stats["drafted"] > 0
-    if drafter == "oracle":
+    if drafter.startswith("oracle"):
         # every acceptance length occurred, including full chains
         assert 0 < stats["accepted"] < stats["drafted"]
         assert stats["accepted_at"][3] > 0

@@ -56,6 +56,21 @@ def test_unmeasured_rows_are_interpolated_and_warmup_order():
     assert DraftPolicy(4, adaptive=False).choose() == 4
 
 
+def test_trees_win_where_verification_is_flat_and_lose_where_it_is_not():
+    """Measured on this machine's SmolLM2 (tree of 12 nodes, width 3): T(13) ~ 38 ms, a tree
+    round commits ~1.2x the chain's tokens; a GPU verifies 13 rows for about the price of 1."""
+    cpu, gpu = ({**CPU, 13: 38.0e-3}, 3.0e-3), ({**GPU, 13: 6.8e-3}, 0.9e-3)
+    for (t, tree_draft), want in ((cpu, False), (gpu, True)):
+        p = DraftPolicy(4, tree_width=3, tree_nodes=12)
+        measured(p, t, tree_draft / 4, [0.6, 0.5, 0.5, 0.5])
+        assert p.choose_tree()  # warm-up: tree rounds are measured before the model decides
+        for _ in range(p.warmup_rounds):
+            p.observe_tree(round(1.2 * p.expected_tokens(4)), tree_draft)
+        assert p.choose_tree() is want
+    assert DraftPolicy(4, adaptive=False, tree_width=2, tree_nodes=8).choose_tree()
+    assert not DraftPolicy(4, adaptive=False).choose_tree()
+
+
 def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
     """A useless drafter on a tiny target: the policy stops drafting (probing now and then), and
     an oracle drafter keeps it on; output equals plain decoding either way."""

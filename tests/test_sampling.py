@@ -15,6 +15,7 @@ from scipy.stats import chi2_contingency
 
 import llama_eagle3.llama as engine
 from llama_eagle3 import Llama
+from llama_eagle3.tree import DraftTree
 
 N_SEEDS = 1500
 PROMPT = "the cat"
@@ -44,6 +45,29 @@ class GreedyDrafter:
         return list(self.cache[(ctx, n_max)])
 
 
+    def propose_tree(self, input_ids, next_token, depth, width, n_nodes):
+        """The target's own top-3 next tokens, each with its top-2 successors: a sampled token
+        is often a non-first child, so acceptance leaves the first-child chain."""
+        n = self.inner.feature_end
+        self.inner.propose_tree(input_ids, next_token, depth, width, n_nodes)
+        ctx = tuple(int(t) for t in input_ids[:n]) + (int(next_token),)
+        tree = DraftTree([], [], [], [])
+        for rank, t in enumerate(self._top(ctx, 3)):
+            parent = len(tree.tokens)
+            tree.tokens.append(t), tree.parents.append(-1), tree.depth.append(1), tree.scores.append(-rank)
+            for rank2, t2 in enumerate(self._top(ctx + (t,), 2)):
+                tree.tokens.append(t2), tree.parents.append(parent), tree.depth.append(2)
+                tree.scores.append(-rank - rank2 - 1)
+        return tree
+
+    def _top(self, ctx: tuple, k: int) -> list[int]:
+        if ("top", ctx) not in self.cache:
+            self.greedy.reset()
+            self.greedy.eval(list(ctx))
+            self.cache[("top", ctx)] = [int(t) for t in np.argsort(-self.greedy.scores[self.greedy.n_tokens - 1])[:3]]
+        return self.cache[("top", ctx)][:k]
+
+
 def outcomes(llm) -> Counter:
     return Counter(tuple(llm(PROMPT, seed=s, **SAMPLING)["choices"][0]["text"].encode("utf-8", "replace"))
                    for s in range(N_SEEDS))
@@ -64,16 +88,18 @@ def plain_counts(targets):
     return outcomes(plain)
 
 
-def make_spec(targets, heads) -> Llama:
+def make_spec(targets, heads, tree: bool = False) -> Llama:
     spec = Llama(str(targets["llama"]), n_ctx=128, verbose=False, eagle3_head=str(heads["llama"]),
-                 eagle3_p_min=0.0, eagle3_draft_max=2, eagle3_adaptive=False)
+                 eagle3_p_min=0.0, eagle3_draft_max=2, eagle3_adaptive=False, eagle3_tree_width=3 if tree else 1,
+                 eagle3_tree_nodes=9)
     greedy = llama_cpp.Llama(str(targets["llama"]), n_ctx=128, verbose=False, flash_attn=True)
     spec._spec = GreedyDrafter(spec._spec, greedy)
     return spec
 
 
-def test_sampling_matches_plain_distribution(plain_counts, targets, heads):
-    spec = make_spec(targets, heads)
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
+def test_sampling_matches_plain_distribution(plain_counts, targets, heads, tree):
+    spec = make_spec(targets, heads, tree)
     counts = outcomes(spec)
     stats = spec.speculative_stats()
     assert 0 < stats["accepted"] < stats["drafted"]  # both branches of the rule were exercised
@@ -101,6 +127,20 @@ def test_wrong_rule_is_detected(plain_counts, targets, heads, monkeypatch):
     assert p_value(plain_counts, counts) < 1e-6
 
 
+def test_wrong_tree_rule_is_detected(plain_counts, targets, heads, monkeypatch):
+    real = engine.accept_tree
+
+    def first_child(sample_row, tree):  # commits the most likely draft at the root unchecked: not lossless
+        committed, path = real(sample_row, tree)
+        if path[:1] == [0]:
+            return committed, path
+        return [tree.tokens[0], sample_row(1)], [0]
+
+    monkeypatch.setattr(engine, "accept_tree", first_child)
+    counts = outcomes(make_spec(targets, heads, tree=True))
+    assert p_value(plain_counts, counts) < 1e-6
+
+
 def _no_e(input_ids, scores):
     scores = scores.copy()
     scores[ord("e")] = -float("inf")  # a logits processor that bans a byte token
@@ -115,8 +155,9 @@ SAMPLERS = {
 }
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_every_sampler_reproduces_plain_per_seed(name, targets, heads):
+def test_every_sampler_reproduces_plain_per_seed(name, tree, targets, heads):
     from llama_cpp import LogitsProcessorList
     from llama_cpp.llama_grammar import LlamaGrammar
 
@@ -129,7 +170,7 @@ def test_every_sampler_reproduces_plain_per_seed(name, targets, heads):
         return kw
 
     plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=128, verbose=False, flash_attn=True)
-    spec = make_spec(targets, heads)
+    spec = make_spec(targets, heads, tree)
     for seed in range(40):
         a = plain(PROMPT, seed=seed, max_tokens=12, temperature=0.9, **kwargs())["choices"][0]["text"]
         b = spec(PROMPT, seed=seed, max_tokens=12, temperature=0.9, **kwargs())["choices"][0]["text"]
