@@ -9,6 +9,7 @@ import oracle
 from eagle3_convert.cli import convert
 from eagle3_convert.random_head import SMOLLM2_135M, write_random_head
 from llama_eagle3 import Llama
+from llama_eagle3.defaults import default_head
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,21 @@ def test_chat_identical_with_head_and_oracle(plain, smollm2, smol_head):
         assert chat(spec, c)["choices"][0]["message"]["content"] == e, c
     stats = spec.speculative_stats()
     assert stats["accepted"] > 0 and stats["mean_accepted_length"] > 1.5
+
+
+def test_shipped_head_tree_identical_and_accepts_more_than_its_chain(plain, smollm2):
+    """The shipped head drafting a tree of width 3 every round: identical to plain, and its
+    accepted length per verify exceeds the chain's on the same chats."""
+    expected = [chat(plain, c, 96)["choices"][0]["message"]["content"] for c in CHATS]
+    mal = {}
+    for width in (1, 3):
+        spec = Llama(str(smollm2), n_ctx=1024, n_threads=2, verbose=False, eagle3_head=str(default_head()),
+                     eagle3_p_min=0.0, eagle3_draft_max=4, eagle3_adaptive=False, eagle3_tree_width=width)
+        for c, e in zip(CHATS, expected):
+            assert chat(spec, c, 96)["choices"][0]["message"]["content"] == e, (width, c)
+        mal[width] = spec.speculative_stats()["mean_accepted_length"]
+        spec.close()
+    assert mal[3] > mal[1] + 0.2, mal
 
 
 def test_multi_turn_stop_and_closed_stream(plain, smollm2, smol_head):

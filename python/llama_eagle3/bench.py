@@ -1,11 +1,15 @@
 """`llama-eagle3 bench`: plain llama-cpp-python, its prompt lookup decoding, EAGLE-3 with a fixed
-chain, and EAGLE-3 with the adaptive draft length (policy.py), interleaved prompt by prompt in
-one run (the order rotates), greedy chat completions."""
+chain, with a fixed tree, and adaptive (policy.py: draft length, tree or chain, or off), and
+optionally upstream llama.cpp's C++ EAGLE-3 (`llama-speculative-simple --spec-type
+draft-eagle3`, one process per prompt, its own timings), interleaved prompt by prompt in one
+run (the order rotates), greedy chat completions."""
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,8 +20,8 @@ from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 from .llama import Llama
 from .train.prompts import load_prompts
 
-METHODS = ("plain", "lookup", "eagle3", "auto")
-SPECULATIVE = ("eagle3", "auto")
+METHODS = ("plain", "lookup", "eagle3", "tree", "auto")
+SPECULATIVE = ("eagle3", "tree", "auto")
 _STATS = ("rounds", "drafted", "accepted", "plain_steps", "probes", "mean_accepted_length", "acceptance_rate",
           "acceptance_at", "draft_seconds", "verify_seconds", "sample_seconds", "plain_decode_seconds",
           "overhead_seconds", "policy")
@@ -29,29 +33,76 @@ def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int) -> tuple[s
     return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
-def _make(name: str, model: str, head: str, draft_max: int, p_min: float, common: dict) -> llama_cpp.Llama:
+def _make(name: str, model: str, head: str, draft_max: int, p_min: float, tree: tuple[int, int],
+          common: dict) -> llama_cpp.Llama:
     if name == "plain":
         return llama_cpp.Llama(model, **common)
     if name == "lookup":
         return llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10), **common)
+    width = tree[0] if name in ("tree", "auto") else 1
     return Llama(model, eagle3_head=head, eagle3_draft_max=draft_max, eagle3_p_min=p_min,
-                 eagle3_adaptive=name == "auto", **common)
+                 eagle3_adaptive=name == "auto", eagle3_tree_width=width, eagle3_tree_nodes=tree[1], **common)
+
+
+class Upstream:
+    """llama.cpp's own C++ EAGLE-3 (`llama-speculative-simple`, built from the llama.cpp that
+    llama-cpp-python vendors) on one chat prompt: the prompt text is rendered with the
+    target's chat template here; its time is the binary's own encode + decode timing (model
+    loading excluded, as for the in-process methods)."""
+
+    def __init__(self, binary: Path, model: str, head: str, n_max: int, threads: int, n_ctx: int,
+                 template: llama_cpp.Llama):
+        self.cmd = [str(binary), "-m", model, "-md", head, "--spec-type", "draft-eagle3", "--spec-draft-n-max",
+                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "--temp", "0", "-fa", "on", "--no-warmup"]
+        self.template = template
+
+    def run(self, messages: list[dict], max_tokens: int) -> tuple[str, int, float, dict]:
+        prompt = _rendered_prompt(self.template, messages)
+        r = subprocess.run(self.cmd + ["-n", str(max_tokens), "-p", prompt], capture_output=True, text=True)
+        log = r.stdout + r.stderr
+        enc = re.search(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds", log)
+        dec = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", log)
+        if r.returncode != 0 or not enc or not dec:
+            raise RuntimeError(f"{self.cmd[0]} failed (exit {r.returncode}): {log[-2000:]}")
+        counts = {k: int(v) for k, v in re.findall(r"(n_drafted|n_accept)\s+=\s+(\d+)", log)}
+        return "", int(dec.group(1)), float(enc.group(2)) + float(dec.group(2)), counts
+
+
+def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
+    """The chat prompt as text, as llama-cpp-python's chat handler for this model renders it."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata["tokenizer.chat_template"]
+    eos = llm.detokenize([llm.token_eos()]).decode(errors="replace")
+    bos = llm.detokenize([llm.token_bos()]).decode(errors="replace")
+    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt
 
 
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
           p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = METHODS,
+          tree: tuple[int, int] = (3, 12), upstream: Optional[Path] = None, upstream_n_max: tuple[int, ...] = (),
           log=print) -> dict:
-    """eagle3: a chain of draft_max every round (p_min cut-off); auto: the adaptive policy with
-    the same bounds. Returns the summary (per-prompt rows under "rows")."""
+    """eagle3: a chain of draft_max every round (p_min cut-off); tree: a tree of (width, nodes) and
+    depth draft_max every round; auto: the adaptive policy with the same bounds, trees included;
+    upstream-nK: llama-speculative-simple at --spec-draft-n-max K. Returns the summary
+    (per-prompt rows under "rows")."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown bench methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if upstream_n_max and (upstream is None or not Path(upstream).is_file()):
+        raise ValueError(f"--upstream must be the path of llama-speculative-simple, got {upstream}")
     convs = load_prompts(prompts_file)
     common = dict(n_ctx=n_ctx, n_threads=threads, verbose=False, flash_attn=True)
     order = [m for m in METHODS if m in methods]
-    llms = {name: _make(name, model, head, draft_max, p_min, common) for name in order}
+    llms: dict = {name: _make(name, model, head, draft_max, p_min, tree, common) for name in order}
+    template = llms[order[0]] if order else llama_cpp.Llama(model, vocab_only=True, verbose=False)
+    for k in upstream_n_max:
+        order.append(f"upstream-n{k}")
+        llms[order[-1]] = Upstream(Path(upstream), model, head, k, threads, n_ctx, template)
+    upstream_counts = {name: {"n_drafted": 0, "n_accept": 0} for name in order if name.startswith("upstream")}
     for name in order:  # warm-up
-        _run(llms[name], [{"role": "user", "content": "Hi"}], 8)
+        if isinstance(llms[name], llama_cpp.Llama):
+            _run(llms[name], [{"role": "user", "content": "Hi"}], 8)
         if isinstance(llms[name], Llama):
             llms[name].reset_speculative_stats()
     rows = []
@@ -59,12 +110,18 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         rot = order[i % len(order):] + order[: i % len(order)]
         row: dict = {"prompt": messages[-1]["content"]}
         for name in rot:
-            text, n, dt = _run(llms[name], messages, max_tokens)
+            if name in upstream_counts:
+                text, n, dt, counts = llms[name].run(messages, max_tokens)
+                for key in upstream_counts[name]:
+                    upstream_counts[name][key] += counts.get(key, 0)
+            else:
+                text, n, dt = _run(llms[name], messages, max_tokens)
             row[name] = {"tokens": n, "seconds": dt, "text": text}
         if "plain" in row:
             for name in order:
                 if name != "plain":
-                    row[name]["identical"] = row[name]["text"] == row["plain"]["text"]
+                    if name not in upstream_counts:  # upstream's text is not captured
+                        row[name]["identical"] = row[name]["text"] == row["plain"]["text"]
                     row[name]["speedup"] = row["plain"]["seconds"] / row[name]["seconds"] * (
                         row[name]["tokens"] / max(row["plain"]["tokens"], 1))
         rows.append(row)
@@ -72,45 +129,52 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
                                                   for m in order))
     summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(rows),
                      "max_tokens": max_tokens, "draft_max": draft_max, "p_min": p_min, "threads": threads,
-                     "methods": {}, "speculative": {}}
+                     "tree_width": tree[0], "tree_nodes": tree[1], "methods": {}, "speculative": {}}
     for name in order:
         tok = sum(r[name]["tokens"] for r in rows)
         sec = sum(r[name]["seconds"] for r in rows)
         m = {"tokens": tok, "seconds": sec, "tokens_per_second": tok / sec}
         if name != "plain" and "plain" in order:
             sp = [r[name]["speedup"] for r in rows]
-            m.update(median_speedup=statistics.median(sp), min_speedup=min(sp),
-                     identical=sum(r[name]["identical"] for r in rows))
+            m.update(median_speedup=statistics.median(sp), min_speedup=min(sp))
+            if name not in upstream_counts:
+                m["identical"] = sum(r[name]["identical"] for r in rows)
+            else:
+                m.update(upstream_counts[name])
         summary["methods"][name] = m
         if name in SPECULATIVE:
             stats = llms[name].speculative_stats()
             summary["speculative"][name] = {k: stats[k] for k in _STATS}
-    if "eagle3" in summary["speculative"] and "plain" in summary["methods"]:
+    if "plain" in summary["methods"]:
         plain = summary["methods"]["plain"]
-        summary["bandwidth_bound_projection"] = projection(summary["speculative"]["eagle3"],
-                                                           1e3 * plain["seconds"] / max(plain["tokens"], 1))
+        t1 = 1e3 * plain["seconds"] / max(plain["tokens"], 1)
+        summary["bandwidth_bound_projection"] = {
+            name: projection(summary["speculative"][name], t1) for name in ("eagle3", "tree")
+            if name in summary["speculative"]}
     summary["rows"] = rows
     return summary
 
 
 def projection(stats: dict, t1: float) -> dict:
-    """Speedup a bandwidth-bound device (a GPU, Apple Silicon: T(n) ~ T(1) for a few rows) would
-    get from the measured acceptance: tokens per round / (1 + draft steps x step cost / T(1)),
-    with the ratio of the head step to a plain token (t1 ms, all-in) measured here."""
-    c = stats["policy"]["draft_step_ms"]
-    if not stats["rounds"] or not t1 or c is None:
+    """Speedup a bandwidth-bound device (a GPU, Apple Silicon: T(n) ~ T(1) for the few rows of a
+    chain or a small tree) would get from the measured acceptance: tokens per round /
+    (1 + drafting time per round / T(1)), with the ratio of drafting to a plain token (t1 ms,
+    all-in) measured here. A tree round is also followed by a re-evaluation decode when its
+    accepted path left the head's top-1 chain; that is not counted here."""
+    if not stats["rounds"] or not t1:
         return {}
-    k = stats["drafted"] / stats["rounds"]
-    return {"tokens_per_round": stats["mean_accepted_length"], "draft_steps_per_round": k,
-            "draft_step_over_target_token": c / t1,
-            "speedup": stats["mean_accepted_length"] / (1 + k * c / t1)}
+    draft_ms = 1e3 * stats["draft_seconds"] / stats["rounds"]
+    return {"tokens_per_round": stats["mean_accepted_length"], "draft_ms_per_round": draft_ms,
+            "draft_over_target_token": draft_ms / t1,
+            "speedup": stats["mean_accepted_length"] / (1 + draft_ms / t1)}
 
 
 def print_table(s: dict, log=print) -> None:
     plain = s["methods"].get("plain")
     log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, greedy, {s['threads']} threads; "
-        f"eagle3: chain of {s['draft_max']} every round (p_min {s['p_min']}); auto: adaptive draft length <= "
-        f"{s['draft_max']}")
+        f"eagle3: chain of {s['draft_max']} every round (p_min {s['p_min']}); tree: width {s['tree_width']}, "
+        f"{s['tree_nodes']} nodes, depth {s['draft_max']} every round; auto: adaptive (off, chain <= "
+        f"{s['draft_max']} or the tree)")
     log(f"{'method':<10}{'tokens/s':>10}{'vs plain':>10}{'median':>9}{'min':>7}{'identical':>11}{'MAL':>7}")
     for name, m in s["methods"].items():
         ratio = f"{m['tokens_per_second'] / plain['tokens_per_second']:.2f}x" if plain else ""
@@ -118,6 +182,8 @@ def print_table(s: dict, log=print) -> None:
         mn = f"{m['min_speedup']:.2f}x" if "min_speedup" in m else ""
         ident = f"{m['identical']}/{s['n_prompts']}" if "identical" in m else ""
         mal = f"{s['speculative'][name]['mean_accepted_length']:.2f}" if name in s["speculative"] else ""
+        if "n_drafted" in m and m["n_drafted"]:
+            mal = f"acc {m['n_accept'] / m['n_drafted']:.2f}"
         log(f"{name:<10}{m['tokens_per_second']:>10.1f}{ratio:>10}{med:>9}{mn:>7}{ident:>11}{mal:>7}")
     for name, e in s["speculative"].items():
         p = e["policy"]
@@ -125,11 +191,11 @@ def print_table(s: dict, log=print) -> None:
             f"{e['mean_accepted_length']:.2f} (tokens per verify, bonus included); acceptance per draft position "
             f"{[round(a, 3) for a in e['acceptance_at']]}; measured T(n) ms {p['decode_ms']}, "
             f"head step {p['draft_step_ms']} ms")
-    proj = s.get("bandwidth_bound_projection")
-    if proj:
-        log(f"on a bandwidth-bound device (T(n) ~ T(1)) this acceptance would give about {proj['speedup']:.2f}x "
-            f"({proj['tokens_per_round']:.2f} tokens per round, head step = "
-            f"{100 * proj['draft_step_over_target_token']:.0f}% of a target token here)")
+    for name, proj in s.get("bandwidth_bound_projection", {}).items():
+        if proj:
+            log(f"on a bandwidth-bound device (T(n) ~ T(1)) the {name} acceptance would give about "
+                f"{proj['speedup']:.2f}x ({proj['tokens_per_round']:.2f} tokens per round, drafting = "
+                f"{100 * proj['draft_over_target_token']:.0f}% of a target token here)")
 
 
 def save(s: dict, path: Optional[Path]) -> None:

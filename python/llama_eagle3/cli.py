@@ -32,7 +32,8 @@ def _bench(a: argparse.Namespace) -> None:
     from .bench import bench, chart, print_table, save
 
     s = bench(a.model, a.head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
-              methods=tuple(a.methods.split(",")))
+              methods=tuple(m for m in a.methods.split(",") if m), tree=(a.tree_width, a.tree_nodes or 3 * a.draft_max),
+              upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k))
     print_table(s)
     save(s, a.json)
     if a.png is not None:
@@ -91,7 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--threads", type=int, default=2)
     t.set_defaults(func=_train)
 
-    b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3 (fixed chain, adaptive), interleaved, greedy")
+    b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3 (fixed chain, fixed tree, adaptive) "
+                                     "[vs upstream llama.cpp's C++ EAGLE-3], interleaved, greedy")
     b.add_argument("--model", required=True)
     b.add_argument("--head", required=True)
     b.add_argument("--prompts", required=True, help=".txt or .jsonl prompts")
@@ -99,8 +101,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--draft-max", type=int, default=4)
     b.add_argument("--p-min", type=float, default=0.0)
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--methods", default="plain,lookup,eagle3,auto",
-                   help="comma-separated: plain, lookup, eagle3 (chain of --draft-max every round), auto (adaptive)")
+    b.add_argument("--methods", default="plain,lookup,eagle3,tree,auto",
+                   help="comma-separated: plain, lookup, eagle3 (chain of --draft-max every round), tree (a tree every "
+                        "round), auto (adaptive: off, chain or tree)")
+    b.add_argument("--tree-width", type=int, default=3)
+    b.add_argument("--tree-nodes", type=int, default=None, help="tree node budget (default 3 x --draft-max)")
+    b.add_argument("--upstream", type=Path, default=None,
+                   help="llama-speculative-simple built from llama-cpp-python's vendored llama.cpp (see README)")
+    b.add_argument("--upstream-n-max", default="",
+                   help="comma-separated --spec-draft-n-max values to run upstream's draft-eagle3 with, e.g. 1,2,3,4")
     b.add_argument("--json", type=Path, default=None)
     b.add_argument("--png", type=Path, default=None, help="chart: tokens/s per method, acceptance per draft position")
     b.set_defaults(func=_bench)
