@@ -56,6 +56,21 @@ def test_unmeasured_rows_are_interpolated_and_warmup_order():
     assert DraftPolicy(4, adaptive=False).choose() == 4
 
 
+def test_probes_back_off_where_no_plausible_acceptance_pays():
+    """On costs where even near-perfect drafts barely beat plain decoding, probes stay
+    probe_every tokens apart whatever they hit; on a GPU a hit brings the next probe closer."""
+    fast_cpu = {1: 6.0e-3, 2: 11.0e-3, 5: 22.0e-3}   # measured here on a faster host (SmolLM2)
+    for t, c, hopeless in ((fast_cpu, 1.3e-3, True), (GPU, 0.3e-3, False)):
+        p = DraftPolicy(4)
+        measured(p, t, c, [0.5, 0.5, 0.5, 0.5])
+        assert (p.breakeven_alpha() > p.hopeless_alpha) is hopeless
+        for _ in range(6):
+            p.observe_probe(True)           # a run of hits: the adaptive gap falls to 2
+        due = [p.probe_due() for _ in range(64)]
+        assert sum(due) == (1 if hopeless else 32)
+    assert DraftPolicy(4).breakeven_alpha() is None  # nothing measured yet
+
+
 def test_trees_win_where_verification_is_flat_and_lose_where_it_is_not():
     """Measured on this machine's SmolLM2 (tree of 12 nodes, width 3): T(13) ~ 38 ms, a tree
     round commits ~1.2x the chain's tokens; a GPU verifies 13 rows for about the price of 1."""

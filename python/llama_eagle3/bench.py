@@ -48,12 +48,13 @@ class Upstream:
     """llama.cpp's own C++ EAGLE-3 (`llama-speculative-simple`, built from the llama.cpp that
     llama-cpp-python vendors) on one chat prompt: the prompt text is rendered with the
     target's chat template here; its time is the binary's own encode + decode timing (model
-    loading excluded, as for the in-process methods)."""
+    loading excluded, as for the in-process methods); its text is what it prints after the
+    prompt."""
 
     def __init__(self, binary: Path, model: str, head: str, n_max: int, threads: int, n_ctx: int,
                  template: llama_cpp.Llama):
         self.cmd = [str(binary), "-m", model, "-md", head, "--spec-type", "draft-eagle3", "--spec-draft-n-max",
-                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "--temp", "0", "-fa", "on", "--no-warmup"]
+                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "--temp", "0", "-fa", "on"]
         self.template = template
 
     def run(self, messages: list[dict], max_tokens: int) -> tuple[str, int, float, dict]:
@@ -65,7 +66,8 @@ class Upstream:
         if r.returncode != 0 or not enc or not dec:
             raise RuntimeError(f"{self.cmd[0]} failed (exit {r.returncode}): {log[-2000:]}")
         counts = {k: int(v) for k, v in re.findall(r"(n_drafted|n_accept)\s+=\s+(\d+)", log)}
-        return "", int(dec.group(1)), float(enc.group(2)) + float(dec.group(2)), counts
+        text = r.stdout.split(prompt, 1)[-1].removesuffix("\n\n")
+        return text, int(dec.group(1)), float(enc.group(2)) + float(dec.group(2)), counts
 
 
 def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
@@ -120,8 +122,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         if "plain" in row:
             for name in order:
                 if name != "plain":
-                    if name not in upstream_counts:  # upstream's text is not captured
-                        row[name]["identical"] = row[name]["text"] == row["plain"]["text"]
+                    row[name]["identical"] = row[name]["text"] == row["plain"]["text"]
                     row[name]["speedup"] = row["plain"]["seconds"] / row[name]["seconds"] * (
                         row[name]["tokens"] / max(row["plain"]["tokens"], 1))
         rows.append(row)
@@ -136,11 +137,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         m = {"tokens": tok, "seconds": sec, "tokens_per_second": tok / sec}
         if name != "plain" and "plain" in order:
             sp = [r[name]["speedup"] for r in rows]
-            m.update(median_speedup=statistics.median(sp), min_speedup=min(sp))
-            if name not in upstream_counts:
-                m["identical"] = sum(r[name]["identical"] for r in rows)
-            else:
-                m.update(upstream_counts[name])
+            m.update(median_speedup=statistics.median(sp), min_speedup=min(sp),
+                     identical=sum(r[name]["identical"] for r in rows), **upstream_counts.get(name, {}))
         summary["methods"][name] = m
         if name in SPECULATIVE:
             stats = llms[name].speculative_stats()

@@ -53,6 +53,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 MAX_TREE_WIDTH = 8
 MAX_TREE_NODES = 63  # the target context gets one sequence per leaf
+OFF_WINDOW = 16  # head context kept while speculation is off (proposer.forget): what a probe decodes
 
 
 class Llama(llama_cpp.Llama):
@@ -377,6 +378,8 @@ class Llama(llama_cpp.Llama):
             if probe:
                 stats.record_probe(probe[0] == committed[0])
                 policy.observe_probe(probe[0] == committed[0])
+            if policy.adaptive:
+                self._spec.forget(OFF_WINDOW)
         return committed, first_pos
 
     def _tree_round(self, root: int) -> tuple[list[int], int]:

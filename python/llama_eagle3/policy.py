@@ -19,7 +19,11 @@ off, alpha_1 keeps being measured by probes: the head drafts one token that is n
 verified, and the next committed token tells whether it was right (it costs one head step,
 not a target row). A hit halves the gap to the next probe (down to 2 plain tokens), a miss
 doubles it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and
-an unpredictable one costs about one head step per `probe_every` tokens.
+an unpredictable one costs about one head step per `probe_every` tokens. Where the measured
+costs need an acceptance above `hopeless_alpha` at every position before any chain beats
+plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), probes stay
+`probe_every` apart: hits there cannot turn speculation on soon, and each probe costs a
+head decode of the recent context.
 
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
 E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
@@ -55,6 +59,7 @@ class DraftPolicy:
     tree_nodes: int = 0          # node budget of a tree
     warmup_rounds: int = 4       # verify rounds at k_max before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
+    hopeless_alpha: float = 0.9  # break-even acceptance above which probes stay probe_every apart
     alpha_prior: float = 0.5
     _t: dict[int, deque] = field(default_factory=dict)  # rows -> recent decode seconds
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
@@ -166,10 +171,30 @@ class DraftPolicy:
     def _n(self, rows: int) -> int:
         return len(self._t[rows]) if rows in self._t else 0
 
+    def breakeven_alpha(self) -> Optional[float]:
+        """The acceptance (the same at every position) from which some chain beats plain decoding
+        at the measured costs: None while a cost is unknown, inf when no acceptance would do."""
+        plain, c = self.cost(1), self._c.value
+        if plain is None or c is None or any(self.cost(k + 1) is None for k in range(1, self.k_max + 1)):
+            return None
+
+        def gain(a: float) -> float:  # best chain rate / plain rate at acceptance a
+            return max(sum(a ** j for j in range(k + 1)) / (self.cost(k + 1) + k * c)
+                       for k in range(1, self.k_max + 1)) * plain
+        if gain(1.0) <= 1.0:
+            return float("inf")
+        lo, hi = 0.0, 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if gain(mid) > 1.0 else (mid, hi)
+        return hi
+
     def probe_due(self) -> bool:
         """Called on plain rounds: True when this one should carry an (unverified) probe draft."""
         self._since_probe += 1
-        if self._since_probe >= self._probe_gap:
+        breakeven = self.breakeven_alpha()
+        gap = self.probe_every if breakeven is not None and breakeven > self.hopeless_alpha else self._probe_gap
+        if self._since_probe >= gap:
             self._since_probe = 0
             return True
         return False

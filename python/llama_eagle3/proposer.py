@@ -2,7 +2,7 @@
 
 State, kept in step with the target's KV cache (positions 0..n_tokens-1):
 
-    head KV     [0, head_n)                      pairs (token[P+1], g[P]) from true target features
+    head KV     [head_start, head_n)             pairs (token[P+1], g[P]) from true target features
     pending     f rows of [head_n, feature_end)  target features not yet in the head's KV
     feature_end == the target's n_tokens while the two are in step
 
@@ -15,6 +15,12 @@ propose_tree: a tree, see tree.py and HeadRunner::draft_tree). The draft's own K
 (positions >= n) are speculative: they are overwritten by the next round, which starts
 at head_n = n. After verification the engine hands back the accepted rows' features
 with observe().
+
+While the draft policy has speculation off, forget(window) keeps only the last `window`
+pending rows and empties the head's KV, so the next probe decodes `window` pairs instead of
+every position since the previous probe: the head's context then starts at head_start > 0
+(positions before it were never shown to it; llama.cpp accepts a sequence that starts
+anywhere in an empty KV). Drafts are verified, so this changes speed, never output.
 """
 
 from __future__ import annotations
@@ -64,6 +70,15 @@ class Eagle3Proposer:
             self.head_n += n
             self._pending = [rows[n:]]
             self._n_pending = 1
+
+    def forget(self, window: int) -> None:
+        """Keeps the last `window` (>= 1) pending rows, drops older ones and the head's KV."""
+        if self._n_pending <= window:
+            return
+        rows = self._pending_rows()[-window:]
+        self.head_n = self.feature_end - window
+        self.runner.truncate(0)
+        self._pending, self._n_pending = [rows], window
 
     def truncate(self, m: int) -> int:
         """The target keeps positions [0, m); returns how many it may keep so that every kept
