@@ -86,6 +86,9 @@ def test_bad_arguments(targets, heads):
     from llama_eagle3 import Llama
 
     for kw, needle in [({"eagle3_draft_max": -1}, "eagle3_draft_max"), ({"eagle3_p_min": 2.0}, "eagle3_p_min"),
-                       ({"eagle3_capture": "magic"}, "eagle3_capture")]:
+                       ({"eagle3_capture": "magic"}, "eagle3_capture"), ({"eagle3_tree_width": 0}, "eagle3_tree_width"),
+                       ({"eagle3_tree_width": 9}, "eagle3_tree_width"),
+                       ({"eagle3_tree_width": 2, "eagle3_tree_nodes": 3}, "eagle3_tree_nodes"),
+                       ({"eagle3_tree_width": 2, "eagle3_tree_nodes": 64}, "eagle3_tree_nodes")]:
         with pytest.raises(ValueError, match=needle):
             Llama(str(targets["llama"]), n_ctx=64, verbose=False, eagle3_head=str(heads["llama"]), **kw)

@@ -27,9 +27,10 @@ _STATS = ("rounds", "drafted", "accepted", "plain_steps", "probes", "mean_accept
           "overhead_seconds", "policy")
 
 
-def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int) -> tuple[str, int, float]:
+def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+         seed: int = 0) -> tuple[str, int, float]:
     t0 = time.perf_counter()
-    r = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0)
+    r = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
     return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
@@ -54,12 +55,14 @@ class Upstream:
     def __init__(self, binary: Path, model: str, head: str, n_max: int, threads: int, n_ctx: int,
                  template: llama_cpp.Llama):
         self.cmd = [str(binary), "-m", model, "-md", head, "--spec-type", "draft-eagle3", "--spec-draft-n-max",
-                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "--temp", "0", "-fa", "on"]
+                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "-fa", "on"]
         self.template = template
 
-    def run(self, messages: list[dict], max_tokens: int) -> tuple[str, int, float, dict]:
+    def run(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+            seed: int = 0) -> tuple[str, int, float, dict]:
         prompt = _rendered_prompt(self.template, messages)
-        r = subprocess.run(self.cmd + ["-n", str(max_tokens), "-p", prompt], capture_output=True, text=True)
+        r = subprocess.run(self.cmd + ["-n", str(max_tokens), "--temp", str(temperature), "--seed", str(seed),
+                                       "-p", prompt], capture_output=True, text=True)
         log = r.stdout + r.stderr
         enc = re.search(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds", log)
         dec = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", log)
@@ -83,11 +86,12 @@ def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
           p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = METHODS,
           tree: tuple[int, int] = (3, 12), upstream: Optional[Path] = None, upstream_n_max: tuple[int, ...] = (),
-          log=print) -> dict:
+          temperature: float = 0.0, log=print) -> dict:
     """eagle3: a chain of draft_max every round (p_min cut-off); tree: a tree of (width, nodes) and
     depth draft_max every round; auto: the adaptive policy with the same bounds, trees included;
-    upstream-nK: llama-speculative-simple at --spec-draft-n-max K. Returns the summary
-    (per-prompt rows under "rows")."""
+    upstream-nK: llama-speculative-simple at --spec-draft-n-max K. temperature > 0 samples with
+    seed = the prompt's index for every method (EAGLE-3 then reproduces plain sampling's text
+    seed for seed). Returns the summary (per-prompt rows under "rows")."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown bench methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -113,11 +117,11 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         row: dict = {"prompt": messages[-1]["content"]}
         for name in rot:
             if name in upstream_counts:
-                text, n, dt, counts = llms[name].run(messages, max_tokens)
+                text, n, dt, counts = llms[name].run(messages, max_tokens, temperature, i)
                 for key in upstream_counts[name]:
                     upstream_counts[name][key] += counts.get(key, 0)
             else:
-                text, n, dt = _run(llms[name], messages, max_tokens)
+                text, n, dt = _run(llms[name], messages, max_tokens, temperature, i)
             row[name] = {"tokens": n, "seconds": dt, "text": text}
         if "plain" in row:
             for name in order:
@@ -129,7 +133,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         log(f"[{i + 1}/{len(convs)}] " + "  ".join(f"{m} {row[m]['tokens'] / row[m]['seconds']:.1f} tok/s"
                                                   for m in order))
     summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(rows),
-                     "max_tokens": max_tokens, "draft_max": draft_max, "p_min": p_min, "threads": threads,
+                     "max_tokens": max_tokens, "temperature": temperature, "draft_max": draft_max, "p_min": p_min,
+                     "threads": threads,
                      "tree_width": tree[0], "tree_nodes": tree[1], "methods": {}, "speculative": {}}
     for name in order:
         tok = sum(r[name]["tokens"] for r in rows)
@@ -169,7 +174,8 @@ def projection(stats: dict, t1: float) -> dict:
 
 def print_table(s: dict, log=print) -> None:
     plain = s["methods"].get("plain")
-    log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, greedy, {s['threads']} threads; "
+    sampling = "greedy" if not s.get("temperature") else f"temperature {s['temperature']} (seed = prompt index)"
+    log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, {sampling}, {s['threads']} threads; "
         f"eagle3: chain of {s['draft_max']} every round (p_min {s['p_min']}); tree: width {s['tree_width']}, "
         f"{s['tree_nodes']} nodes, depth {s['draft_max']} every round; auto: adaptive (off, chain <= "
         f"{s['draft_max']} or the tree)")
@@ -188,7 +194,8 @@ def print_table(s: dict, log=print) -> None:
         log(f"{name}: {e['rounds']} verify rounds, {e['plain_steps']} plain steps; mean accepted length "
             f"{e['mean_accepted_length']:.2f} (tokens per verify, bonus included); acceptance per draft position "
             f"{[round(a, 3) for a in e['acceptance_at']]}; measured T(n) ms {p['decode_ms']}, "
-            f"head step {p['draft_step_ms']} ms")
+            f"head step {p['draft_step_ms']} ms; loop overhead outside the models "
+            f"{1e3 * e['overhead_seconds'] / max(e['rounds'] + e['plain_steps'], 1):.3f} ms per round")
     for name, proj in s.get("bandwidth_bound_projection", {}).items():
         if proj:
             log(f"on a bandwidth-bound device (T(n) ~ T(1)) the {name} acceptance would give about "

@@ -33,7 +33,8 @@ def _bench(a: argparse.Namespace) -> None:
 
     s = bench(a.model, a.head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
               methods=tuple(m for m in a.methods.split(",") if m), tree=(a.tree_width, a.tree_nodes or 3 * a.draft_max),
-              upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k))
+              upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k),
+              temperature=a.temperature)
     print_table(s)
     save(s, a.json)
     if a.png is not None:
@@ -104,6 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--methods", default="plain,lookup,eagle3,tree,auto",
                    help="comma-separated: plain, lookup, eagle3 (chain of --draft-max every round), tree (a tree every "
                         "round), auto (adaptive: off, chain or tree)")
+    b.add_argument("--temperature", type=float, default=0.0, help="> 0: sample, seed = prompt index (default greedy)")
     b.add_argument("--tree-width", type=int, default=3)
     b.add_argument("--tree-nodes", type=int, default=None, help="tree node budget (default 3 x --draft-max)")
     b.add_argument("--upstream", type=Path, default=None,

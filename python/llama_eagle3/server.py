@@ -8,6 +8,8 @@ Accepts everything `python -m llama_cpp.server` accepts (command-line settings, 
     eagle3_adaptive    choose each round's draft length by measured cost (default true)
     eagle3_p_min       head confidence cut-off (default 0.5)
     eagle3_capture     "auto" | "hook" | "builtin"
+    eagle3_tree_width  > 1: draft trees of this width are a candidate (default 1: chains)
+    eagle3_tree_nodes  node budget of a tree (default 3 x eagle3_draft_max)
 
 A model with a head gets flash attention unless the settings say otherwise (greedy output
 is then identical to plain decoding). GET /v1/eagle3/stats returns the loaded model's
@@ -46,6 +48,8 @@ class Eagle3ModelSettings(ModelSettings):
     eagle3_adaptive: bool = Field(default=True, description="Choose each round's draft length by measured cost")
     eagle3_p_min: float = Field(default=0.5, ge=0.0, le=1.0, description="Stop a draft below this head confidence")
     eagle3_capture: Literal["auto", "hook", "builtin"] = Field(default="auto", description="Hidden-state capture")
+    eagle3_tree_width: int = Field(default=1, ge=1, le=8, description="Draft-tree width (1: chains only)")
+    eagle3_tree_nodes: Optional[int] = Field(default=None, ge=1, le=63, description="Draft-tree node budget")
 
 
 class Eagle3Settings(ServerSettings, Eagle3ModelSettings):
@@ -81,7 +85,8 @@ class Eagle3LlamaProxy(server_model.LlamaProxy):
                 kwargs["flash_attn"] = True
             return Llama(*args, eagle3_head=head, eagle3_draft_max=settings.eagle3_draft_max,
                          eagle3_adaptive=settings.eagle3_adaptive, eagle3_p_min=settings.eagle3_p_min,
-                         eagle3_capture=settings.eagle3_capture, **kwargs)
+                         eagle3_capture=settings.eagle3_capture, eagle3_tree_width=settings.eagle3_tree_width,
+                         eagle3_tree_nodes=settings.eagle3_tree_nodes, **kwargs)
 
         # llama-cpp-python's loader maps every setting (chat format, kv overrides, LoRA, ...) onto
         # llama_cpp.Llama(...): let it, with our class in its place
