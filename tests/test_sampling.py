@@ -92,7 +92,8 @@ def make_spec(targets, heads, tree: bool = False) -> Llama:
     spec = Llama(str(targets["llama"]), n_ctx=128, verbose=False, eagle3_head=str(heads["llama"]),
                  eagle3_p_min=0.0, eagle3_draft_max=2, eagle3_adaptive=False, eagle3_tree_width=3 if tree else 1,
                  eagle3_tree_nodes=9)
-    greedy = llama_cpp.Llama(str(targets["llama"]), n_ctx=128, verbose=False, flash_attn=True)
+    # logits_all: llama-cpp-python writes `scores` only then (else they are uninitialised memory)
+    greedy = llama_cpp.Llama(str(targets["llama"]), n_ctx=128, verbose=False, flash_attn=True, logits_all=True)
     spec._spec = GreedyDrafter(spec._spec, greedy)
     return spec
 
