@@ -141,7 +141,7 @@ class Llama(llama_cpp.Llama):
                           f"so speculation is off and generation is plain", stacklevel=3)
             return
         capture = FeatureCapture(target.arch, head.config.target_layers, target.n_embd, target.n_layer, capture_mode)
-        capture.attach_to(self, n_seq_max=max(1, self.eagle3_tree_nodes))
+        capture.attach_to(self, n_seq_max=self.eagle3_tree_nodes if self.eagle3_tree_width > 1 else 1)
         ctx = context_address(self._ctx.ctx)
         runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,
                                  self.context_params.n_threads_batch, int(self.model_params.n_gpu_layers),
