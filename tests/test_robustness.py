@@ -125,7 +125,7 @@ def no_eog_bias(llm: llama_cpp.Llama) -> dict[int, float]:
 def test_long_greedy_run_and_fifty_turns_equal_plain(targets, heads):
     """4000 tokens in one generation (end-of-generation tokens banned) and a 50-turn chat.
     One thread: with several, llama.cpp attends a single token over >= 512 cells with a split-KV
-    kernel whose rounding differs from the batched kernel (see README, "Identical output")."""
+    kernel whose rounding differs from the batched kernel (README, "The Python API")."""
     plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=4096, n_threads=1, verbose=False, flash_attn=True)
     spec = make_spec(targets, heads, n_ctx=4096, n_threads=1, eagle3_draft_max=4)
     bias = no_eog_bias(plain)

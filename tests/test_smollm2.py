@@ -117,7 +117,7 @@ def test_into_the_context_limit_equal_plain(smollm2):
     """Greedy generation with end-of-text banned until the n_ctx limit (1536, 1500+ new tokens),
     the shipped trained head drafting a chain of 4 every round: identical to plain decoding.
     One thread: with several, llama.cpp attends a single token over >= 512 cells with a split-KV
-    kernel whose rounding differs from the batched kernel (see README, "Identical output")."""
+    kernel whose rounding differs from the batched kernel (README, "The Python API")."""
     from llama_eagle3.defaults import default_head
 
     plain = llama_cpp.Llama(str(smollm2), n_ctx=1536, n_threads=1, verbose=False, flash_attn=True)
