@@ -12,12 +12,25 @@ def test_bench_writes_json_and_chart(tmp_path, targets, heads, capsys):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat sat on", "once more we go", "hello"]))
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     main(["bench", "--model", str(targets["llama"]), "--head", str(heads["llama"]), "--prompts", str(prompts),
-          "--max-tokens", "24", "--methods", "plain,lookup,eagle3,tree,auto", "--json", str(out), "--png", str(png)])
+          "--max-tokens", "24", "--methods", "plain,lookup,eagle3,tree,auto", "--repeats", "2", "--json", str(out), "--png", str(png)])
     s = json.loads(out.read_text())
     assert list(s["methods"]) == ["plain", "lookup", "eagle3", "tree", "auto"] and s["n_prompts"] == 3
+    assert s["repeats"] == 2
     for name in ("lookup", "eagle3", "tree", "auto"):
         assert s["methods"][name]["identical"] == 3, name  # greedy: every method reproduces plain
     chain = s["speculative"]["eagle3"]
     assert chain["rounds"] > 0 and len(chain["acceptance_at"]) == 4
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean accepted length" in capsys.readouterr().out
+
+
+def test_upstream_output_that_ran_past_max_tokens_counts_as_identical_only_by_prefix():
+    from llama_eagle3.bench import _same_output
+
+    plain = {"tokens": 4, "text": "a b c d"}
+    assert _same_output({"tokens": 6, "text": "a b c d e f"}, plain, max_tokens=4)  # overshoot
+    assert not _same_output({"tokens": 6, "text": "a b x d e f"}, plain, max_tokens=4)
+    assert not _same_output({"tokens": 4, "text": "a b c d e"}, plain, max_tokens=4)
+    eos = {"tokens": 3, "text": "a b c"}  # plain stopped at end of generation: the texts must be equal
+    assert _same_output({"tokens": 3, "text": "a b c"}, eos, max_tokens=4)
+    assert not _same_output({"tokens": 5, "text": "a b c d e"}, eos, max_tokens=4)

@@ -58,16 +58,18 @@ def test_unmeasured_rows_are_interpolated_and_warmup_order():
 
 def test_probes_back_off_where_no_plausible_acceptance_pays():
     """On costs where even near-perfect drafts barely beat plain decoding, probes stay
-    probe_every tokens apart whatever they hit; on a GPU a hit brings the next probe closer."""
+    probe_every tokens apart whatever they hit; on a GPU a hit brings the next probe closer,
+    down to 2 tokens when a probe is cheap and to the probe budget's gap when it is not."""
     fast_cpu = {1: 6.0e-3, 2: 11.0e-3, 5: 22.0e-3}   # measured here on a faster host (SmolLM2)
-    for t, c, hopeless in ((fast_cpu, 1.3e-3, True), (GPU, 0.3e-3, False)):
+    for t, c, probe, hopeless, n_due in ((fast_cpu, 1.3e-3, 2e-3, True, 1), (GPU, 0.3e-3, 0.2e-3, False, 32),
+                                         (GPU, 0.3e-3, 3e-3, False, 2)):
         p = DraftPolicy(4)
         measured(p, t, c, [0.5, 0.5, 0.5, 0.5])
         assert (p.breakeven_alpha() > p.hopeless_alpha) is hopeless
         for _ in range(6):
-            p.observe_probe(True)           # a run of hits: the adaptive gap falls to 2
+            p.observe_probe(True, probe)    # a run of hits: the adaptive gap falls to 2
         due = [p.probe_due() for _ in range(64)]
-        assert sum(due) == (1 if hopeless else 32)
+        assert sum(due) == n_due            # 3 ms probes on 6 ms tokens: 2% budget -> every 25 tokens
     assert DraftPolicy(4).breakeven_alpha() is None  # nothing measured yet
 
 
@@ -82,6 +84,11 @@ def test_trees_win_where_verification_is_flat_and_lose_where_it_is_not():
         for _ in range(p.warmup_rounds):
             p.observe_tree(round(1.2 * p.expected_tokens(4)), tree_draft)
         assert p.choose_tree() is want
+    # verifying 13 rows measured here at ~8.7x one row: even a tree accepted to full depth every
+    # round loses to plain decoding, so no tree round is tried
+    slow = DraftPolicy(4, tree_width=3, tree_nodes=12)
+    measured(slow, {**CPU, 13: 100.7e-3}, 0.77e-3, [0.6, 0.5, 0.5, 0.5])
+    assert slow.tree_bound() < 1 / CPU[1] and not slow.choose_tree()
     assert DraftPolicy(4, adaptive=False, tree_width=2, tree_nodes=8).choose_tree()
     assert not DraftPolicy(4, adaptive=False).choose_tree()
 

@@ -155,6 +155,27 @@ class Llama(llama_cpp.Llama):
         self._capture = capture
         self._spec = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(self._spec.close)  # LIFO: the head goes before the target context
+        if self._policy.adaptive and self.eagle3_draft_max > 0:
+            self._calibrate()
+
+    def _calibrate(self, repeats: int = 2) -> None:
+        """Start-up measurement for the draft policy, so that no generation pays for warm-up
+        rounds: the target's decode time T(n) for the row counts the policy compares (one row,
+        a chain verify, a tree verify) and the head's step time, on throwaway positions of the
+        empty context; both KV caches are emptied afterwards. Costs one decode of the largest
+        batch (it also pages in a freshly mapped model) plus `repeats` of each row count."""
+        limit = min(self.n_batch, self.context_params.n_ubatch, self._n_ctx)
+        rows = sorted({n for n in (1, self.eagle3_draft_max + 1, self.eagle3_tree_nodes + 1) if n <= limit})
+        tokens = [i % self._n_vocab for i in range(1, rows[-1] + 1)]
+        for i in range(repeats + 1):
+            for n in rows if i > 0 else rows[-1:]:
+                t0 = time.perf_counter()
+                self._capture.decode(self, tokens[:n], 0, 0)
+                if i > 0:
+                    self._policy.observe_decode(n, time.perf_counter() - t0)
+                self._ctx.kv_cache_seq_rm(-1, 0, -1)
+        for _ in range(repeats):
+            self._policy.observe_draft(1, self._spec.time_step(self.eagle3_draft_max))
 
     @property
     def _ctx_limit(self) -> int:
@@ -343,10 +364,10 @@ class Llama(llama_cpp.Llama):
             if k > 0 or (room > 0 and policy.probe_due()):
                 t0 = time.perf_counter()
                 proposed = self._spec.propose(self.input_ids, pending[0], max(k, 1), self.eagle3_p_min)
-                dt = time.perf_counter() - t0
-                stats.draft_seconds += dt
+                draft_seconds = time.perf_counter() - t0
+                stats.draft_seconds += draft_seconds
                 if k > 0:  # a probe's time is mostly its catch-up over many pending pairs: not a step cost
-                    policy.observe_draft(len(proposed), dt)
+                    policy.observe_draft(len(proposed), draft_seconds)
                 drafts, probe = (proposed, []) if k > 0 else ([], proposed)
         batch = pending + drafts
         t0 = time.perf_counter()
@@ -377,7 +398,7 @@ class Llama(llama_cpp.Llama):
             stats.record_round(0, 0)
             if probe:
                 stats.record_probe(probe[0] == committed[0])
-                policy.observe_probe(probe[0] == committed[0])
+                policy.observe_probe(probe[0] == committed[0], draft_seconds)
             if policy.adaptive:
                 self._spec.forget(OFF_WINDOW)
         return committed, first_pos

@@ -13,13 +13,17 @@ with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer;
 head's draft calls, alpha from recent rounds (exponential moving averages, so a predictable
 stretch of text turns speculation on and a hard one turns it off).
 
-Warm-up: plain rounds until T(1) is measured, then k_max until T(k_max + 1) is. Rows
-never measured are interpolated linearly between measured ones. While speculation is
+Warm-up: the engine measures T(n) and c at start-up (Llama._calibrate), so that no
+generation pays for warm-up rounds; without that, plain rounds run until T(1) is measured,
+then k_max until T(k_max + 1) and c are. Rows never measured are interpolated linearly
+between measured ones (extrapolated beyond them). While speculation is
 off, alpha_1 keeps being measured by probes: the head drafts one token that is not
-verified, and the next committed token tells whether it was right (it costs one head step,
-not a target row). A hit halves the gap to the next probe (down to 2 plain tokens), a miss
-doubles it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and
-an unpredictable one costs about one head step per `probe_every` tokens. Where the measured
+verified, and the next committed token tells whether it was right (it costs a head decode of
+the recent context, not a target row). A hit halves the gap to the next probe, a miss doubles
+it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and an
+unpredictable one costs one probe per `probe_every` tokens. The gap never falls below
+2 tokens, nor below the one at which probes (their time measured) would take more than
+`probe_budget` of the plain decoding time. Where the measured
 costs need an acceptance above `hopeless_alpha` at every position before any chain beats
 plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), probes stay
 `probe_every` apart: hits there cannot turn speculation on soon, and each probe costs a
@@ -28,14 +32,16 @@ head decode of the recent context.
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
 E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
 with gain (tree tokens per round over the chain's E(k_max) at the time) and the drafting
-time measured on tree rounds. After the chain warm-up, `warmup_rounds` tree rounds measure
-them; from then on a round drafts the tree when its rate beats the best chain's. On a
+time measured on tree rounds. `warmup_rounds` tree rounds measure them, unless even a tree
+that committed k_max + 1 tokens every round would lose to the best chain (tree_bound());
+from then on a round drafts the tree when its rate beats the best chain's. On a
 compute-bound CPU T(n) grows with n and the tree loses; on a bandwidth-bound GPU T(n) ~ T(1)
 and the tree's extra acceptance is nearly free.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -57,18 +63,23 @@ class DraftPolicy:
     adaptive: bool = True
     tree_width: int = 1          # > 1: trees of this width are a candidate shape
     tree_nodes: int = 0          # node budget of a tree
-    warmup_rounds: int = 4       # verify rounds at k_max before the cost model decides
+    warmup_rounds: int = 4       # tree rounds that measure its gain before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
     hopeless_alpha: float = 0.9  # break-even acceptance above which probes stay probe_every apart
     alpha_prior: float = 0.5
+    probe_budget: float = 0.02   # most of the plain decoding time that probes may take
     _t: dict[int, deque] = field(default_factory=dict)  # rows -> recent decode seconds
+    _t_median: dict[int, float] = field(default_factory=dict)  # rows -> median of _t[rows] (cache)
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _alpha: list[_Ema] = field(default_factory=list)
     _tree_gain: _Ema = field(default_factory=lambda: _Ema(0.85))
     _tree_c: _Ema = field(default_factory=lambda: _Ema(0.9))
+    _probe_c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _tree_rounds: int = 0
     _since_probe: int = 0
     _probe_gap: int = 0
+    _hopeless: Optional[bool] = None  # breakeven_alpha() > hopeless_alpha, refreshed every probe_every tokens
+    _hopeless_age: int = 0
 
     def __post_init__(self) -> None:
         self._alpha = [_Ema(0.85) for _ in range(self.k_max)]
@@ -79,6 +90,7 @@ class DraftPolicy:
     def observe_decode(self, rows: int, seconds: float) -> None:
         """A steady-state target decode of `rows` rows (last token + drafts)."""
         self._t.setdefault(rows, deque(maxlen=32)).append(seconds)
+        self._t_median.pop(rows, None)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
         if steps > 0:
@@ -95,8 +107,10 @@ class DraftPolicy:
         self._tree_gain.add(committed / self.expected_tokens(self.k_max))
         self._tree_c.add(draft_seconds)
 
-    def observe_probe(self, hit: bool) -> None:
+    def observe_probe(self, hit: bool, seconds: float) -> None:
+        """A probe (its head time: seconds) drafted the committed token (hit) or not."""
         self._alpha[0].add(1.0 if hit else 0.0)
+        self._probe_c.add(seconds)
         self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self.probe_every)
 
     # ---- decisions -------------------------------------------------------------------
@@ -112,8 +126,8 @@ class DraftPolicy:
     def cost(self, rows: int) -> Optional[float]:
         """T(rows): measured, else interpolated/extrapolated linearly from measured rows."""
         if rows in self._t:
-            return statistics.median(self._t[rows])
-        known = sorted((n, statistics.median(d)) for n, d in self._t.items())
+            return self._median(rows)
+        known = sorted((n, self._median(n)) for n in self._t)
         if len(known) < 2:
             return None
         lo = [p for p in known if p[0] < rows]
@@ -143,19 +157,28 @@ class DraftPolicy:
             return None
         return self._tree_gain.value * self.expected_tokens(self.k_max) / (t + self._tree_c.value)
 
+    def _warming_up(self) -> bool:
+        """T(1) not measured yet: plain rounds; T(k_max + 1) or c not yet: chains of k_max."""
+        return self._n(1) < 2 or self._n(self.k_max + 1) < 2 or self._c.value is None
+
+    def tree_bound(self) -> Optional[float]:
+        """The most a tree could commit per second: k_max + 1 tokens every round, drafted no
+        slower than a chain of k_max. Trees are not even tried where this loses to a chain."""
+        t = self.cost(self.tree_nodes + 1)
+        return None if t is None or self._c.value is None else (self.k_max + 1) / (t + self.k_max * self._c.value)
+
     def choose_tree(self) -> bool:
         """Whether this round drafts a tree (else choose() gives the chain length)."""
         if self.tree_width <= 1 or self.k_max == 0:
             return False
         if not self.adaptive:
             return True
-        if self._n(1) < 2 or self._n(self.k_max + 1) < self.warmup_rounds:
+        if self._warming_up():
             return False
+        best_chain = max(r for r in map(self.expected_rate, range(self.k_max + 1)) if r is not None)
         if self._tree_rounds < self.warmup_rounds:
-            return True
-        tree = self.tree_rate()
-        best_chain = max((r for r in map(self.expected_rate, range(self.k_max + 1)) if r is not None), default=None)
-        return tree is not None and (best_chain is None or tree > best_chain)
+            return self.tree_bound() > best_chain
+        return self.tree_rate() > best_chain
 
     def choose(self) -> int:
         """Tokens to draft this round (0: plain decoding)."""
@@ -163,10 +186,16 @@ class DraftPolicy:
             return self.k_max
         if self._n(1) < 2:
             return 0
-        if self._n(self.k_max + 1) < self.warmup_rounds:
+        if self._warming_up():
             return self.k_max
         rates = [self.expected_rate(k) for k in range(self.k_max + 1)]
-        return max(range(self.k_max + 1), key=lambda k: rates[k] if rates[k] is not None else -1.0)
+        return max(range(self.k_max + 1), key=lambda k: rates[k])
+
+    def _median(self, rows: int) -> float:
+        m = self._t_median.get(rows)
+        if m is None:
+            m = self._t_median[rows] = statistics.median(self._t[rows])
+        return m
 
     def _n(self, rows: int) -> int:
         return len(self._t[rows]) if rows in self._t else 0
@@ -175,12 +204,12 @@ class DraftPolicy:
         """The acceptance (the same at every position) from which some chain beats plain decoding
         at the measured costs: None while a cost is unknown, inf when no acceptance would do."""
         plain, c = self.cost(1), self._c.value
-        if plain is None or c is None or any(self.cost(k + 1) is None for k in range(1, self.k_max + 1)):
+        costs = [self.cost(k + 1) for k in range(1, self.k_max + 1)]
+        if plain is None or c is None or None in costs:
             return None
 
         def gain(a: float) -> float:  # best chain rate / plain rate at acceptance a
-            return max(sum(a ** j for j in range(k + 1)) / (self.cost(k + 1) + k * c)
-                       for k in range(1, self.k_max + 1)) * plain
+            return max(sum(a ** j for j in range(k + 1)) / (t + k * c) for k, t in enumerate(costs, 1)) * plain
         if gain(1.0) <= 1.0:
             return float("inf")
         lo, hi = 0.0, 1.0
@@ -192,8 +221,19 @@ class DraftPolicy:
     def probe_due(self) -> bool:
         """Called on plain rounds: True when this one should carry an (unverified) probe draft."""
         self._since_probe += 1
-        breakeven = self.breakeven_alpha()
-        gap = self.probe_every if breakeven is not None and breakeven > self.hopeless_alpha else self._probe_gap
+        if self._since_probe < self._probe_gap:  # the shorter of the two gaps
+            return False
+        self._hopeless_age += 1
+        if self._hopeless is None or self._hopeless_age >= self.probe_every:
+            breakeven = self.breakeven_alpha()
+            self._hopeless = None if breakeven is None else breakeven > self.hopeless_alpha
+            self._hopeless_age = 0
+        if self._hopeless:
+            gap = self.probe_every
+        else:  # probes within probe_budget: gap >= probe time / (probe_budget * T(1))
+            t1, c = self.cost(1), self._probe_c.value
+            least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
+            gap = min(max(self._probe_gap, least), self.probe_every)
         if self._since_probe >= gap:
             self._since_probe = 0
             return True
@@ -203,5 +243,5 @@ class DraftPolicy:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
                 "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
                 "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
-                "decode_ms": {n: round(1e3 * statistics.median(d), 3) for n, d in sorted(self._t.items())},
+                "decode_ms": {n: round(1e3 * self._median(n), 3) for n in sorted(self._t)},
                 "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}

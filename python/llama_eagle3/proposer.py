@@ -16,14 +16,16 @@ propose_tree: a tree, see tree.py and HeadRunner::draft_tree). The draft's own K
 at head_n = n. After verification the engine hands back the accepted rows' features
 with observe().
 
-While the draft policy has speculation off, forget(window) keeps only the last `window`
-pending rows and empties the head's KV, so the next probe decodes `window` pairs instead of
+While the draft policy has speculation off, forget(window) keeps fewer than 2 * `window` pending
+rows and empties the head's KV, so the next probe decodes fewer than 2 * `window` pairs instead of
 every position since the previous probe: the head's context then starts at head_start > 0
 (positions before it were never shown to it; llama.cpp accepts a sequence that starts
 anywhere in an empty KV). Drafts are verified, so this changes speed, never output.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -72,8 +74,9 @@ class Eagle3Proposer:
             self._n_pending = 1
 
     def forget(self, window: int) -> None:
-        """Keeps the last `window` (>= 1) pending rows, drops older ones and the head's KV."""
-        if self._n_pending <= window:
+        """Once 2 * window rows are pending, keeps the last `window` (>= 1), drops older ones and the
+        head's KV (so fewer than 2 * window stay pending; most calls do nothing)."""
+        if self._n_pending < 2 * window:
             return
         rows = self._pending_rows()[-window:]
         self.head_n = self.feature_end - window
@@ -121,6 +124,16 @@ class Eagle3Proposer:
         if self._n_pending == 0 or depth <= 0 or n_nodes <= 0:
             return DraftTree([], [], [], [])
         return DraftTree(*self.runner.draft_tree(*self._take_pending(input_ids, next_token), depth, width, n_nodes))
+
+    def time_step(self, n_steps: int) -> float:
+        """Seconds per step of a throwaway chain of n_steps drafts from one zero feature row, timed
+        as the engine times a round's draft (start-up calibration); leaves the head empty."""
+        g = self.runner.encode(np.zeros((1, self.runner.n_embd_enc), dtype=np.float32))
+        t0 = time.perf_counter()
+        drafted = self.runner.draft(np.zeros(1, dtype=np.int32), g, 0, n_steps, 0.0)
+        seconds = (time.perf_counter() - t0) / max(len(drafted), 1)
+        self.reset()
+        return seconds
 
     def close(self) -> None:
         self.runner = None  # type: ignore[assignment]  # frees the head's context and model
