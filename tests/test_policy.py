@@ -56,6 +56,19 @@ def test_unmeasured_rows_are_interpolated_and_warmup_order():
     assert DraftPolicy(4, adaptive=False).choose() == 4
 
 
+def test_verify_cost_follows_the_single_row_cost_as_the_context_grows():
+    """T(5) sampled early (short context, or start-up calibration) is scaled by today's T(1):
+    speculation off means T(5) is not sampled again, yet longer contexts slow it down too."""
+    p = DraftPolicy(4)
+    measured(p, {1: 10e-3, 5: 35e-3}, 1e-3, [0.5] * 4)
+    for _ in range(32):
+        p.observe_decode(1, 16e-3)          # the context grew: a plain token now takes 16 ms
+    assert abs(p.cost(5) - 56e-3) < 1e-9 and abs(p.cost(3) - 36e-3) < 1e-9
+    fixed = DraftPolicy(4, adaptive=False)  # every round drafts: T(1) is never measured
+    fixed.observe_decode(5, 35e-3)
+    assert fixed.snapshot()["decode_ms"] == {5: 35.0}
+
+
 def test_probes_back_off_where_no_plausible_acceptance_pays():
     """On costs where even near-perfect drafts barely beat plain decoding, probes stay
     probe_every tokens apart whatever they hit; on a GPU a hit brings the next probe closer,

@@ -68,8 +68,11 @@ class DraftPolicy:
     hopeless_alpha: float = 0.9  # break-even acceptance above which probes stay probe_every apart
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
-    _t: dict[int, deque] = field(default_factory=dict)  # rows -> recent decode seconds
-    _t_median: dict[int, float] = field(default_factory=dict)  # rows -> median of _t[rows] (cache)
+    # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
+    # while T(1) is unknown: _raw); medians cached until the next sample of that row count
+    _t: dict[int, deque] = field(default_factory=dict)
+    _raw: dict[int, deque] = field(default_factory=dict)
+    _t_median: dict[int, float] = field(default_factory=dict)
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _alpha: list[_Ema] = field(default_factory=list)
     _tree_gain: _Ema = field(default_factory=lambda: _Ema(0.85))
@@ -89,7 +92,11 @@ class DraftPolicy:
 
     def observe_decode(self, rows: int, seconds: float) -> None:
         """A steady-state target decode of `rows` rows (last token + drafts)."""
-        self._t.setdefault(rows, deque(maxlen=32)).append(seconds)
+        t1 = self._median(1) if rows > 1 and 1 in self._t else None
+        if rows > 1 and t1 is None:
+            self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
+            return
+        self._t.setdefault(rows, deque(maxlen=32)).append(seconds if t1 is None else seconds / t1)
         self._t_median.pop(rows, None)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
@@ -124,10 +131,13 @@ class DraftPolicy:
         return self.alpha(i - 1) if i > 0 else self.alpha_prior
 
     def cost(self, rows: int) -> Optional[float]:
-        """T(rows): measured, else interpolated/extrapolated linearly from measured rows."""
-        if rows in self._t:
-            return self._median(rows)
-        known = sorted((n, self._median(n)) for n in self._t)
+        """T(rows): measured, else interpolated/extrapolated linearly from measured rows. T(n > 1)
+        is measured relative to T(1) and scaled by today's T(1): as the context grows, every row
+        count gets slower together (measured here on SmolLM2: T(5)/T(1) 3.5 at 0 cells, 3.0
+        at 512), while T(n > 1) itself is only sampled when speculation is on."""
+        if rows in self._t or rows in self._raw:
+            return self._measured(rows)
+        known = sorted((n, self._measured(n)) for n in {*self._t, *self._raw})
         if len(known) < 2:
             return None
         lo = [p for p in known if p[0] < rows]
@@ -197,8 +207,13 @@ class DraftPolicy:
             m = self._t_median[rows] = statistics.median(self._t[rows])
         return m
 
+    def _measured(self, rows: int) -> float:
+        if rows in self._t:
+            return self._median(rows) * (self._median(1) if rows > 1 else 1.0)
+        return statistics.median(self._raw[rows])
+
     def _n(self, rows: int) -> int:
-        return len(self._t[rows]) if rows in self._t else 0
+        return len(self._t.get(rows, ())) + len(self._raw.get(rows, ()))
 
     def breakeven_alpha(self) -> Optional[float]:
         """The acceptance (the same at every position) from which some chain beats plain decoding
@@ -243,5 +258,5 @@ class DraftPolicy:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
                 "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
                 "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
-                "decode_ms": {n: round(1e3 * self._median(n), 3) for n in sorted(self._t)},
+                "decode_ms": {n: round(1e3 * self._measured(n), 3) for n in sorted({*self._t, *self._raw})},
                 "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}
