@@ -92,3 +92,35 @@ def test_bad_arguments(targets, heads):
                        ({"eagle3_tree_width": 2, "eagle3_tree_nodes": 64}, "eagle3_tree_nodes")]:
         with pytest.raises(ValueError, match=needle):
             Llama(str(targets["llama"]), n_ctx=64, verbose=False, eagle3_head=str(heads["llama"]), **kw)
+
+
+def test_fast_header_reader_matches_gguf_py_and_rejects_damaged_files(tmp_path, heads):
+    """check_head_gguf reads the head with gguf_header (gguf-py takes seconds on a real vocabulary):
+    the same metadata and tensor directory as gguf-py, and a ConversionError (nothing else) for
+    every truncation and for byte flips anywhere in the header."""
+    import random
+
+    from eagle3_convert.errors import ConversionError
+    from eagle3_convert.gguf_header import read_gguf_header
+    from eagle3_convert.target import gguf_metadata, open_gguf
+
+    good = heads["llama"]
+    header, reader = read_gguf_header(good), open_gguf(good)
+    assert header.meta == gguf_metadata(reader)
+    assert {t.name: (tuple(t.shape.tolist()), int(t.tensor_type), int(t.data_offset)) for t in reader.tensors} == \
+        {t.name: (t.ne, t.type, t.offset) for t in header.tensors.values()}
+    data = good.read_bytes()
+    end = min(header.tensors.values(), key=lambda t: t.offset).offset  # the header's length (with padding)
+    rng = random.Random(0)
+    bad = tmp_path / "bad.gguf"
+    for i in range(200):
+        if i % 2:
+            damaged = data[: rng.randrange(end)]
+        else:
+            damaged = bytearray(data)
+            damaged[rng.randrange(end)] ^= 1 << rng.randrange(8)
+        bad.write_bytes(bytes(damaged))
+        try:
+            read_gguf_header(bad)
+        except ConversionError:
+            pass

@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from .errors import ConversionError
+from .gguf_header import read_gguf_header
 from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
 from .reference import rope_factors
 from .target import TargetInfo, dequantize_tensor, gguf_metadata, open_gguf
@@ -171,13 +172,9 @@ def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) ->
 OPTIONAL_TENSORS = frozenset({"enc_norm", "lm_head", "embed_tokens", "d2t"})
 
 
-def _open_head(path: Path) -> tuple[Eagle3Config, dict[str, Any]]:
-    """The config of a head GGUF and its tensors by GGUF name (data not read yet)."""
-    reader = open_gguf(path)
-    by_name = {t.name: t for t in reader.tensors}
-    d2t = by_name.get("d2t")
-    meta = gguf_metadata(reader)
-    config = read_head_config(meta, path, int(d2t.shape[0]) if d2t is not None else 0)
+def _check_layout(path: Path, meta: dict[str, Any], tensor_names: set[str], d2t_rows: int) -> Eagle3Config:
+    """The head's config; raises ConversionError for a file llama.cpp would reject or abort on."""
+    config = read_head_config(meta, path, d2t_rows)
     tokens = meta.get("tokenizer.ggml.tokens")
     # llama.cpp loads the head's copy of the target tokenizer and aborts on duplicate tokens
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
@@ -185,16 +182,19 @@ def _open_head(path: Path) -> tuple[Eagle3Config, dict[str, Any]]:
     if len(set(tokens)) != len(tokens):
         raise ConversionError(f"{path}: tokenizer.ggml.tokens has duplicate entries (a damaged file); "
                               f"convert the head again")
-    missing = sorted(n for f, n in TENSOR_NAMES.items() if f not in OPTIONAL_TENSORS and n not in by_name)
+    missing = sorted(n for f, n in TENSOR_NAMES.items() if f not in OPTIONAL_TENSORS and n not in tensor_names)
     if missing:
         raise ConversionError(f"{path}: EAGLE-3 GGUF is missing tensor(s) {', '.join(missing)}")
-    return config, by_name
+    return config
 
 
 def read_head_gguf(path: Path) -> Eagle3Head:
     """The head in a GGUF file, weights dequantized to float32 and q/k un-permuted."""
     path = Path(path)
-    config, by_name = _open_head(path)
+    reader = open_gguf(path)
+    by_name = {t.name: t for t in reader.tensors}
+    d2t = by_name.get("d2t")
+    config = _check_layout(path, gguf_metadata(reader), set(by_name), int(d2t.shape[0]) if d2t is not None else 0)
     tensors = {f: dequantize_tensor(by_name[n]) for f, n in TENSOR_NAMES.items() if n in by_name}
     for k in tensors:
         tensors[k] = tensors[k].astype(np.int64 if k == "d2t" else np.float32)
@@ -213,16 +213,18 @@ class HeadFile:
 
 
 def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
-    """Raises ConversionError naming the key or tensor that makes the file unusable with this target."""
-    path = Path(path)
-    config, by_name = _open_head(path)
+    """Raises ConversionError naming the key or tensor that makes the file unusable with this target
+    (reads the metadata and the tensor directory, and of the data only d2t)."""
+    header = read_gguf_header(Path(path))
+    path, by_name = header.path, header.tensors
     d2t_t = by_name.get("d2t")
+    config = _check_layout(path, header.meta, set(by_name), d2t_t.ne[0] if d2t_t is not None else 0)
     shapes = expected_shapes(config)
     for field_name, tensor_name in TENSOR_NAMES.items():
         t = by_name.get(tensor_name)
         if t is None:
             continue
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        shape = tuple(reversed(t.ne))
         if shape != shapes[field_name]:
             raise ConversionError(f"{path}: tensor {tensor_name} has shape {shape}, expected {shapes[field_name]}")
     if config.norm_before_fc and "enc.output_norm.weight" not in by_name:
@@ -231,9 +233,11 @@ def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
     if d2t_t is not None:
         import gguf
 
-        if d2t_t.tensor_type != gguf.GGMLQuantizationType.I64:
-            raise ConversionError(f"{path}: tensor d2t must be I64 (absolute target ids), got {d2t_t.tensor_type.name}")
-        d2t = np.asarray(d2t_t.data).astype(np.int64).reshape(-1)
+        if d2t_t.type != gguf.GGMLQuantizationType.I64:
+            kind = gguf.GGMLQuantizationType(d2t_t.type).name if d2t_t.type in set(gguf.GGMLQuantizationType) \
+                else f"type {d2t_t.type}"
+            raise ConversionError(f"{path}: tensor d2t must be I64 (absolute target ids), got {kind}")
+        d2t = header.read(d2t_t, np.int64).astype(np.int64)
         if len(d2t) and (d2t.min() < 0 or d2t.max() >= target.n_vocab):
             raise ConversionError(f"{path}: tensor d2t maps to target ids {int(d2t.min())}..{int(d2t.max())}, "
                                   f"outside the {target.n_vocab} tokens of the target")
