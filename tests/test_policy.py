@@ -71,18 +71,18 @@ def test_verify_cost_follows_the_single_row_cost_as_the_context_grows():
 
 def test_probes_back_off_where_no_plausible_acceptance_pays():
     """On costs where even near-perfect drafts barely beat plain decoding, probes stay
-    probe_every tokens apart whatever they hit; on a GPU a hit brings the next probe closer,
+    hopeless_probe_every tokens apart whatever they hit; on a GPU a hit brings the next probe closer,
     down to 2 tokens when a probe is cheap and to the probe budget's gap when it is not."""
     fast_cpu = {1: 6.0e-3, 2: 11.0e-3, 5: 22.0e-3}   # measured here on a faster host (SmolLM2)
-    for t, c, probe, hopeless, n_due in ((fast_cpu, 1.3e-3, 2e-3, True, 1), (GPU, 0.3e-3, 0.2e-3, False, 32),
-                                         (GPU, 0.3e-3, 3e-3, False, 2)):
+    for t, c, probe, hopeless, n_due in ((fast_cpu, 1.3e-3, 2e-3, True, 1), (GPU, 0.3e-3, 0.2e-3, False, 128),
+                                         (GPU, 0.3e-3, 3e-3, False, 10)):
         p = DraftPolicy(4)
         measured(p, t, c, [0.5, 0.5, 0.5, 0.5])
         assert (p.breakeven_alpha() > p.hopeless_alpha) is hopeless
         for _ in range(6):
             p.observe_probe(True, probe)    # a run of hits: the adaptive gap falls to 2
-        due = [p.probe_due() for _ in range(64)]
-        assert sum(due) == n_due            # 3 ms probes on 6 ms tokens: 2% budget -> every 25 tokens
+        due = [p.probe_due() for _ in range(256)]
+        assert sum(due) == n_due            # 3 ms probes, 6 ms tokens, 2% budget: every 25 tokens
     assert DraftPolicy(4).breakeven_alpha() is None  # nothing measured yet
 
 
@@ -138,3 +138,24 @@ def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
         assert spec(p, max_tokens=120, temperature=0.0)["choices"][0]["text"] == w
     s = spec.speculative_stats()
     assert s["rounds"] > s["plain_steps"] and s["mean_accepted_length"] > 3, str(s)
+
+
+def test_decision_is_cached_until_a_measurement_changes_it():
+    """decide() is recomputed after a verify round, a probe, a draft or a multi-row decode, and
+    after REDECIDE_EVERY single-row decodes (plain steps): not on every plain step."""
+    p = DraftPolicy(4)
+    measured(p, CPU, 1.1e-3, [0.35, 0.4, 0.45, 0.45])
+    assert p.decide() == (False, 0)
+    for _ in range(20):
+        p.observe_round(4, 4)               # perfect drafts: speculation pays
+    assert p.decide()[1] > 0
+    for _ in range(40):
+        p.observe_round(4, 0)
+    assert p.decide() == (False, 0)
+    for a in p._alpha:
+        a.value = 0.95                      # changed behind its back: the cached answer stands ...
+    for _ in range(DraftPolicy.REDECIDE_EVERY - 1):
+        p.observe_decode(1, CPU[1])
+        assert p.decide() == (False, 0)
+    p.observe_decode(1, CPU[1])             # ... until the next recomputation
+    assert p.decide()[1] > 0

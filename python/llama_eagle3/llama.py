@@ -196,7 +196,7 @@ class Llama(llama_cpp.Llama):
     def speculation_on(self) -> bool:
         """Whether the next round would draft (the adaptive policy may have switched speculation off)."""
         return self._spec is not None and self.eagle3_draft_max > 0 and (
-            self._policy.choose() > 0 or self._policy.choose_tree())
+            self._policy.decide() != (False, 0))
 
     def speculative_stats(self) -> dict:
         """Counters since construction or reset_speculative_stats(): rounds, drafted, accepted,
@@ -358,9 +358,10 @@ class Llama(llama_cpp.Llama):
         probe: list[int] = []  # an unverified one-token draft while the policy has speculation off
         if len(pending) == 1 and self.eagle3_draft_max > 0 and self._spec.feature_end == n0 and n0 > 0:
             room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
-            if room >= self.eagle3_draft_max and policy.choose_tree():
+            tree, k = policy.decide()
+            if tree and room >= self.eagle3_draft_max:
                 return self._tree_round(pending[0])
-            k = min(policy.choose(), room)
+            k = min(k, room)
             if k > 0 or (room > 0 and policy.probe_due()):
                 t0 = time.perf_counter()
                 proposed = self._spec.propose(self.input_ids, pending[0], max(k, 1), self.eagle3_p_min)

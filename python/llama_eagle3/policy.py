@@ -25,9 +25,10 @@ unpredictable one costs one probe per `probe_every` tokens. The gap never falls 
 2 tokens, nor below the one at which probes (their time measured) would take more than
 `probe_budget` of the plain decoding time. Where the measured
 costs need an acceptance above `hopeless_alpha` at every position before any chain beats
-plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), probes stay
-`probe_every` apart: hits there cannot turn speculation on soon, and each probe costs a
-head decode of the recent context.
+plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), probes are
+`hopeless_probe_every` apart: there even perfect drafts gain little (on this project's CPU
+at most 1.08x), and each probe costs a head decode of the recent context (~6 ms there,
+half a plain token).
 
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
 E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
@@ -65,7 +66,8 @@ class DraftPolicy:
     tree_nodes: int = 0          # node budget of a tree
     warmup_rounds: int = 4       # tree rounds that measure its gain before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
-    hopeless_alpha: float = 0.9  # break-even acceptance above which probes stay probe_every apart
+    hopeless_alpha: float = 0.9  # break-even acceptance above which probes are hopeless_probe_every apart
+    hopeless_probe_every: int = 256
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
     # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
@@ -83,6 +85,8 @@ class DraftPolicy:
     _probe_gap: int = 0
     _hopeless: Optional[bool] = None  # breakeven_alpha() > hopeless_alpha, refreshed every probe_every tokens
     _hopeless_age: int = 0
+    _decision: Optional[tuple[bool, int]] = None  # decide()'s answer until a measurement changes it
+    _decode_samples: int = 0                     # observe_decode calls since it was made
 
     def __post_init__(self) -> None:
         self._alpha = [_Ema(0.85) for _ in range(self.k_max)]
@@ -92,6 +96,9 @@ class DraftPolicy:
 
     def observe_decode(self, rows: int, seconds: float) -> None:
         """A steady-state target decode of `rows` rows (last token + drafts)."""
+        self._decode_samples += 1
+        if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self._n(1) < 2:  # (warm-up)
+            self._decision = None
         t1 = self._median(1) if rows > 1 and 1 in self._t else None
         if rows > 1 and t1 is None:
             self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
@@ -100,22 +107,26 @@ class DraftPolicy:
         self._t_median.pop(rows, None)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
+        self._decision = None
         if steps > 0:
             self._c.add(seconds / steps)
 
     def observe_round(self, drafted: int, accepted: int) -> None:
         """Draft positions 1..drafted were verified; the first `accepted` matched."""
+        self._decision = None
         for i in range(min(drafted, accepted + 1, self.k_max)):
             self._alpha[i].add(1.0 if i < accepted else 0.0)
 
     def observe_tree(self, committed: int, draft_seconds: float) -> None:
         """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
+        self._decision = None
         self._tree_rounds += 1
         self._tree_gain.add(committed / self.expected_tokens(self.k_max))
         self._tree_c.add(draft_seconds)
 
     def observe_probe(self, hit: bool, seconds: float) -> None:
         """A probe (its head time: seconds) drafted the committed token (hit) or not."""
+        self._decision = None
         self._alpha[0].add(1.0 if hit else 0.0)
         self._probe_c.add(seconds)
         self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self.probe_every)
@@ -176,6 +187,17 @@ class DraftPolicy:
         slower than a chain of k_max. Trees are not even tried where this loses to a chain."""
         t = self.cost(self.tree_nodes + 1)
         return None if t is None or self._c.value is None else (self.k_max + 1) / (t + self.k_max * self._c.value)
+
+    REDECIDE_EVERY = 16  # single-row decodes (plain steps) after which decide() recomputes
+
+    def decide(self) -> tuple[bool, int]:
+        """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
+        after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
+        slowly; a plain step then costs no decision)."""
+        if self._decision is None:
+            self._decision = (self.choose_tree(), self.choose())
+            self._decode_samples = 0
+        return self._decision
 
     def choose_tree(self) -> bool:
         """Whether this round drafts a tree (else choose() gives the chain length)."""
@@ -244,7 +266,7 @@ class DraftPolicy:
             self._hopeless = None if breakeven is None else breakeven > self.hopeless_alpha
             self._hopeless_age = 0
         if self._hopeless:
-            gap = self.probe_every
+            gap = self.hopeless_probe_every
         else:  # probes within probe_budget: gap >= probe time / (probe_budget * T(1))
             t1, c = self.cost(1), self._probe_c.value
             least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
