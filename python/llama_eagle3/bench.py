@@ -130,8 +130,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     for i, messages in enumerate(convs):
         rot = order[i % len(order):] + order[: i % len(order)]
         row: dict = {"prompt": messages[-1]["content"]}
-        for name in rot:
-            for r in range(repeats):
+        for r in range(repeats):  # repeats interleave too: a slow spell of the machine hits every method
+            for name in rot:
                 if name in upstream_counts:
                     text, n, dt, counts = llms[name].run(messages, max_tokens, temperature, i)
                     if r == 0:
