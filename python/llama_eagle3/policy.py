@@ -27,7 +27,7 @@ unpredictable one costs one probe per `probe_every` tokens. The gap never falls 
 costs need an acceptance above `hopeless_alpha` at every position before any chain beats
 plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), probes are
 `hopeless_probe_every` apart: there even perfect drafts gain little (on this project's CPU
-about 1.07x), and each probe costs a head decode of the recent context (~6 ms there,
+1.07x to 1.25x), and each probe costs a head decode of the recent context (~6 ms there,
 half a plain token).
 
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
