@@ -89,7 +89,12 @@ def test_bad_arguments(targets, heads):
                        ({"eagle3_capture": "magic"}, "eagle3_capture"), ({"eagle3_tree_width": 0}, "eagle3_tree_width"),
                        ({"eagle3_tree_width": 9}, "eagle3_tree_width"),
                        ({"eagle3_tree_width": 2, "eagle3_tree_nodes": 3}, "eagle3_tree_nodes"),
-                       ({"eagle3_tree_width": 2, "eagle3_tree_nodes": 64}, "eagle3_tree_nodes")]:
+                       ({"eagle3_tree_width": 2, "eagle3_tree_nodes": 64}, "eagle3_tree_nodes"),
+                       # a verify decode that does not fit one batch aborted llama.cpp (sampling a row
+                       # of an earlier chunk; a context with more sequences than outputs)
+                       ({"n_batch": 4}, "n_batch and n_ubatch must be at least 5"),
+                       ({"n_ubatch": 3}, "n_batch and n_ubatch must be at least 5"),
+                       ({"eagle3_tree_width": 3, "n_batch": 8}, "at least 13 .*eagle3_tree_nodes=12")]:
         with pytest.raises(ValueError, match=needle):
             Llama(str(targets["llama"]), n_ctx=64, verbose=False, eagle3_head=str(heads["llama"]), **kw)
 

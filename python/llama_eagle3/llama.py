@@ -120,6 +120,13 @@ class Llama(llama_cpp.Llama):
                               "identical output", stacklevel=2)
         super().__init__(model_path, *args, **kwargs)
         if head_path is not None:
+            # one verify decode (one ubatch: the capture reads one) holds the last token and every draft
+            rows = 1 + max(eagle3_draft_max, self.eagle3_tree_nodes)
+            if min(self.n_batch, self.context_params.n_ubatch) < rows:
+                raise ValueError(f"n_batch and n_ubatch must be at least {rows} for eagle3_draft_max={eagle3_draft_max}"
+                                 + (f" and eagle3_tree_nodes={self.eagle3_tree_nodes}" if eagle3_tree_width > 1 else "")
+                                 + f" (one verify decode holds the last token and every draft); got n_batch="
+                                 f"{self.n_batch}, n_ubatch={self.context_params.n_ubatch}")
             self._attach_head(head_path, eagle3_capture)
 
     # ---- set-up ---------------------------------------------------------------------
