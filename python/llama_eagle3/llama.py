@@ -169,20 +169,23 @@ class Llama(llama_cpp.Llama):
         """Start-up measurement for the draft policy, so that no generation pays for warm-up
         rounds: the target's decode time T(n) for the row counts the policy compares (one row,
         a chain verify, a tree verify) and the head's step time, on throwaway positions of the
-        empty context; both KV caches are emptied afterwards. Costs one decode of the largest
-        batch (it also pages in a freshly mapped model) plus `repeats` of each row count."""
+        empty context; both KV caches are emptied afterwards. Costs `repeats` + 1 decodes of
+        each row count: the first, not counted, pages in a freshly mapped model and builds the
+        backend's graph for that shape (CUDA graphs)."""
         limit = min(self.n_batch, self.context_params.n_ubatch, self._n_ctx)
         rows = sorted({n for n in (1, self.eagle3_draft_max + 1, self.eagle3_tree_nodes + 1) if n <= limit})
         tokens = [i % self._n_vocab for i in range(1, rows[-1] + 1)]
         for i in range(repeats + 1):
-            for n in rows if i > 0 else rows[-1:]:
+            for n in rows:  # T(1) first: larger row counts are kept relative to it
                 t0 = time.perf_counter()
                 self._capture.decode(self, tokens[:n], 0, 0)
                 if i > 0:
                     self._policy.observe_decode(n, time.perf_counter() - t0)
                 self._ctx.kv_cache_seq_rm(-1, 0, -1)
-        for _ in range(repeats):
-            self._policy.observe_draft(1, self._spec.time_step(self.eagle3_draft_max))
+        for i in range(repeats + 1):
+            step = self._spec.time_step(self.eagle3_draft_max)
+            if i > 0:
+                self._policy.observe_draft(1, step)
 
     @property
     def _ctx_limit(self) -> int:
