@@ -46,7 +46,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 
 @dataclass
@@ -70,6 +70,7 @@ class DraftPolicy:
     hopeless_probe_every: int = 256
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
+    REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
     # while T(1) is unknown: _raw); medians cached until the next sample of that row count
     _t: dict[int, deque] = field(default_factory=dict)
@@ -187,8 +188,6 @@ class DraftPolicy:
         slower than a chain of k_max. Trees are not even tried where this loses to a chain."""
         t = self.cost(self.tree_nodes + 1)
         return None if t is None or self._c.value is None else (self.k_max + 1) / (t + self.k_max * self._c.value)
-
-    REDECIDE_EVERY = 16  # single-row decodes (plain steps) after which decide() recomputes
 
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
