@@ -7,6 +7,8 @@ run (the order rotates), greedy chat completions."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 import statistics
 import subprocess
@@ -34,6 +36,18 @@ def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int, temperatur
     return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
+def _device() -> dict:
+    """What the numbers were measured on: llama.cpp's backend features and the host's CPUs."""
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()), "cpu": cpu or platform.processor(),
+            "cpu_count": os.cpu_count(), "system_info": llama_cpp.llama_print_system_info().decode(errors="replace")}
+
+
 def _make(name: str, model: str, head: str, draft_max: int, p_min: float, tree: tuple[int, int],
           common: dict) -> llama_cpp.Llama:
     if name == "plain":
@@ -53,9 +67,10 @@ class Upstream:
     prompt."""
 
     def __init__(self, binary: Path, model: str, head: str, n_max: int, threads: int, n_ctx: int,
-                 template: llama_cpp.Llama):
+                 n_gpu_layers: int, template: llama_cpp.Llama):
+        ngl = str(n_gpu_layers if n_gpu_layers >= 0 else 999)  # llama-cpp-python's -1 ("all")
         self.cmd = [str(binary), "-m", model, "-md", head, "--spec-type", "draft-eagle3", "--spec-draft-n-max",
-                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "-fa", "on"]
+                    str(n_max), "-t", str(threads), "-c", str(n_ctx), "-fa", "on", "-ngl", ngl, "-ngld", ngl]
         self.template = template
 
     def run(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,
@@ -97,13 +112,14 @@ def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
           p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = METHODS,
           tree: tuple[int, int] = (3, 12), upstream: Optional[Path] = None, upstream_n_max: tuple[int, ...] = (),
-          temperature: float = 0.0, repeats: int = 1, log=print) -> dict:
+          temperature: float = 0.0, repeats: int = 1, n_gpu_layers: int = 0, log=print) -> dict:
     """eagle3: a chain of draft_max every round (p_min cut-off); tree: a tree of (width, nodes) and
     depth draft_max every round; auto: the adaptive policy with the same bounds, trees included;
     upstream-nK: llama-speculative-simple at --spec-draft-n-max K. temperature > 0 samples with
     seed = the prompt's index for every method (EAGLE-3 then reproduces plain sampling's text
     seed for seed). repeats > 1 runs each prompt that many times per method and keeps the fastest
     (a run slowed by another process on the machine then does not decide the worst prompt).
+    n_gpu_layers goes to every method, the head included (-1: all; CPU builds ignore it).
     Returns the summary (per-prompt rows under "rows")."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -113,13 +129,13 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     if upstream_n_max and (upstream is None or not Path(upstream).is_file()):
         raise ValueError(f"--upstream must be the path of llama-speculative-simple, got {upstream}")
     convs = load_prompts(prompts_file)
-    common = dict(n_ctx=n_ctx, n_threads=threads, verbose=False, flash_attn=True)
+    common = dict(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False, flash_attn=True)
     order = [m for m in METHODS if m in methods]
     llms: dict = {name: _make(name, model, head, draft_max, p_min, tree, common) for name in order}
     template = llms[order[0]] if order else llama_cpp.Llama(model, vocab_only=True, verbose=False)
     for k in upstream_n_max:
         order.append(f"upstream-n{k}")
-        llms[order[-1]] = Upstream(Path(upstream), model, head, k, threads, n_ctx, template)
+        llms[order[-1]] = Upstream(Path(upstream), model, head, k, threads, n_ctx, n_gpu_layers, template)
     upstream_counts = {name: {"n_drafted": 0, "n_accept": 0} for name in order if name.startswith("upstream")}
     for name in order:  # warm-up
         if isinstance(llms[name], llama_cpp.Llama):
@@ -152,7 +168,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
                                                   for m in order))
     summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(rows),
                      "max_tokens": max_tokens, "temperature": temperature, "draft_max": draft_max, "p_min": p_min,
-                     "threads": threads, "repeats": repeats,
+                     "threads": threads, "n_gpu_layers": n_gpu_layers, "repeats": repeats,
+                     "device": _device(),
                      "tree_width": tree[0], "tree_nodes": tree[1], "methods": {}, "speculative": {}}
     for name in order:
         tok = sum(r[name]["tokens"] for r in rows)
@@ -190,11 +207,17 @@ def projection(stats: dict, t1: float) -> dict:
             "speedup": stats["mean_accepted_length"] / (1 + draft_ms / t1)}
 
 
+def _where(s: dict) -> str:
+    d = s.get("device", {})
+    on_gpu = d.get("gpu_offload") and s.get("n_gpu_layers", 0) != 0
+    return f"{s['threads']} threads" + (f", GPU offload (n_gpu_layers {s['n_gpu_layers']})" if on_gpu else "")
+
+
 def print_table(s: dict, log=print) -> None:
     plain = s["methods"].get("plain")
     sampling = "greedy" if not s.get("temperature") else f"temperature {s['temperature']} (seed = prompt index)"
     best = f", best of {s['repeats']} runs per prompt" if s.get("repeats", 1) > 1 else ""
-    log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, {sampling}, {s['threads']} threads{best}; "
+    log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, {sampling}, {_where(s)}{best}; "
         f"eagle3: chain of {s['draft_max']} every round (p_min {s['p_min']}); tree: width {s['tree_width']}, "
         f"{s['tree_nodes']} nodes, depth {s['draft_max']} every round; auto: adaptive (off, chain <= "
         f"{s['draft_max']} or the tree)")
@@ -246,7 +269,8 @@ def chart(s: dict, path: Path) -> None:
             a.annotate(f"{r / plain['tokens_per_second']:.2f}x", (bar.get_x() + bar.get_width() / 2, r),
                        ha="center", va="bottom")
     a.set_ylabel("tokens/s")
-    a.set_title(f"{s['n_prompts']} prompts, {s['max_tokens']} new tokens, greedy, {s['threads']} threads")
+    sampling = "greedy" if not s.get("temperature") else f"temperature {s['temperature']}"
+    fig.suptitle(f"{s['n_prompts']} prompts, {s['max_tokens']} new tokens, {sampling}, {_where(s)}", fontsize=10)
     for name, e in s["speculative"].items():
         acc = e["acceptance_at"]
         if acc:

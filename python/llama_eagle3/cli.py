@@ -34,7 +34,7 @@ def _bench(a: argparse.Namespace) -> None:
     s = bench(a.model, a.head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
               methods=tuple(m for m in a.methods.split(",") if m), tree=(a.tree_width, a.tree_nodes or 3 * a.draft_max),
               upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k),
-              temperature=a.temperature, repeats=a.repeats)
+              temperature=a.temperature, repeats=a.repeats, n_gpu_layers=a.n_gpu_layers)
     print_table(s)
     save(s, a.json)
     if a.png is not None:
@@ -114,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    help="comma-separated --spec-draft-n-max values to run upstream's draft-eagle3 with, e.g. 1,2,3,4")
     b.add_argument("--repeats", type=int, default=1,
                    help="runs per prompt and method; the fastest counts (filters out a busy machine's stalls)")
+    b.add_argument("--n-gpu-layers", type=int, default=0,
+                   help="target and head layers on the GPU, every method alike (-1: all; CPU builds ignore it)")
     b.add_argument("--json", type=Path, default=None)
     b.add_argument("--png", type=Path, default=None, help="chart: tokens/s per method, acceptance per draft position")
     b.set_defaults(func=_bench)
