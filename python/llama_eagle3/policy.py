@@ -8,7 +8,9 @@ A round that drafts k tokens commits E(k) tokens on average and costs C(k):
 and the policy drafts argmax_k E(k) / C(k) over 0..k_max; k = 0 is plain decoding. All
 three inputs are measured in this process, on this machine and backend: T(n) from the
 engine's own decodes (the median of the last 32 of each row count: a decode stalled by
-something else must not flip the decision), so that a compute-bound CPU, where T(n) grows
+something else must not flip the decision; the first decode after a change of row count is
+left out, since a GPU backend rebuilds its graph then; T(1) is re-measured every
+t1_refresh_every verify rounds), so that a compute-bound CPU, where T(n) grows
 with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer; c from the
 head's draft calls, alpha from recent rounds (exponential moving averages, so a predictable
 stretch of text turns speculation on and a hard one turns it off).
@@ -70,6 +72,8 @@ class DraftPolicy:
     hopeless_probe_every: int = 256
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
+    t1_refresh_every: int = 128  # verify rounds after which speculation pauses to re-measure T(1) ...
+    t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
     # while T(1) is unknown: _raw); medians cached until the next sample of that row count
@@ -88,6 +92,10 @@ class DraftPolicy:
     _hopeless_age: int = 0
     _decision: Optional[tuple[bool, int]] = None  # decide()'s answer until a measurement changes it
     _decode_samples: int = 0                     # observe_decode calls since it was made
+    _last_rows: int = 0                          # row count of the previous target decode
+    _rounds_since_t1: int = 0                    # verify rounds since T(1) was last refreshed
+    _t1_streak: int = 0                          # T(1) samples kept since the last verify round
+    _t1_before: float = 0.0                      # T(1) when the current refresh began
 
     def __post_init__(self) -> None:
         self._alpha = [_Ema(0.85) for _ in range(self.k_max)]
@@ -96,16 +104,37 @@ class DraftPolicy:
     # ---- measurements ------------------------------------------------------------------
 
     def observe_decode(self, rows: int, seconds: float) -> None:
-        """A steady-state target decode of `rows` rows (last token + drafts)."""
+        """A target decode of `rows` rows (last token + drafts). The first decode after a change
+        of row count is not kept once that count has 2 samples: a backend may rebuild its graph
+        for the new shape (CUDA graphs), which neither shape pays while it runs steadily."""
+        switched, self._last_rows = rows != self._last_rows, rows
         self._decode_samples += 1
         if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self._n(1) < 2:  # (warm-up)
             self._decision = None
+        if switched and self._n(rows) >= 2:
+            return
+        refresh = rows == 1 and self._rounds_since_t1 >= self.t1_refresh_every and 1 in self._t
+        if refresh and self._t1_streak == 0:
+            self._t1_before = self._median(1)
+            self._t[1].clear()  # a refresh: samples from before the verify rounds are stale
         t1 = self._median(1) if rows > 1 and 1 in self._t else None
         if rows > 1 and t1 is None:
             self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
             return
         self._t.setdefault(rows, deque(maxlen=32)).append(seconds if t1 is None else seconds / t1)
         self._t_median.pop(rows, None)
+        if rows == 1:
+            self._t1_streak += 1
+        if refresh and self._t1_streak >= self.t1_refresh_samples:
+            self._rescale(self._t1_before / self._median(1))
+            self._rounds_since_t1, self._decision = 0, None
+
+    def _rescale(self, factor: float) -> None:
+        """T(n > 1) ratios were taken against the T(1) a refresh replaced: their seconds were
+        measured right, the T(1) they were divided by may not have been."""
+        for n in [n for n in self._t if n > 1]:
+            self._t[n] = deque((r * factor for r in self._t[n]), maxlen=32)
+            self._t_median.pop(n, None)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
         self._decision = None
@@ -115,12 +144,14 @@ class DraftPolicy:
     def observe_round(self, drafted: int, accepted: int) -> None:
         """Draft positions 1..drafted were verified; the first `accepted` matched."""
         self._decision = None
+        self._rounds_since_t1, self._t1_streak = self._rounds_since_t1 + 1, 0
         for i in range(min(drafted, accepted + 1, self.k_max)):
             self._alpha[i].add(1.0 if i < accepted else 0.0)
 
     def observe_tree(self, committed: int, draft_seconds: float) -> None:
         """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
         self._decision = None
+        self._rounds_since_t1, self._t1_streak = self._rounds_since_t1 + 1, 0
         self._tree_rounds += 1
         self._tree_gain.add(committed / self.expected_tokens(self.k_max))
         self._tree_c.add(draft_seconds)
@@ -192,7 +223,13 @@ class DraftPolicy:
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
         after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
-        slowly; a plain step then costs no decision)."""
+        slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds, plain
+        steps until t1_refresh_samples T(1) samples are kept (the first step follows a shape
+        change and is not), which replace the older ones: a start-up T(1) that was off, or a machine that got faster, must
+        not keep speculation on where plain decoding is faster. Costs ~5 plain steps per
+        t1_refresh_every rounds."""
+        if self.adaptive and self._rounds_since_t1 >= self.t1_refresh_every:
+            return False, 0
         if self._decision is None:
             self._decision = (self.choose_tree(), self.choose())
             self._decode_samples = 0
