@@ -34,3 +34,29 @@ def test_upstream_output_that_ran_past_max_tokens_counts_as_identical_only_by_pr
     eos = {"tokens": 3, "text": "a b c"}  # plain stopped at end of generation: the texts must be equal
     assert _same_output({"tokens": 3, "text": "a b c"}, eos, max_tokens=4)
     assert not _same_output({"tokens": 5, "text": "a b c d e"}, eos, max_tokens=4)
+
+
+def test_divergence_measures_plain_logits_at_the_first_differing_token(targets):
+    """The bench explains a greedy output that departs from plain decoding by plain's own logits
+    at the first differing token: a near-tie (the backend's rounding) or a real difference."""
+    import llama_cpp
+    import numpy as np
+
+    from llama_eagle3.bench import NEAR_TIE, _divergence
+
+    plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=256, verbose=False)
+    want = plain.tokenize(b"the cat sat on")
+    def last_logits(tokens: list[int]) -> np.ndarray:
+        plain.reset()
+        plain.eval(tokens)
+        return np.ctypeslib.as_array(plain._ctx.get_logits_ith(-1), shape=(plain.n_vocab(),)).copy()
+
+    for _ in range(12):
+        want.append(int(np.argmax(last_logits(want))))
+    assert _divergence(plain, want, want) is None and _divergence(plain, want, want[:-3]) is None
+    i = len(want) - 5
+    logits = last_logits(want[:i])
+    worst, second = int(np.argmin(logits)), int(np.argsort(logits)[-2])
+    d = _divergence(plain, want, want[:i] + [worst] + want[i + 1:])
+    assert d["at"] == i and abs(d["gap"] - (logits[want[i]] - logits[worst])) < 1e-6 and d["gap"] > NEAR_TIE
+    assert abs(_divergence(plain, want, want[:i] + [second])["gap"] - (logits[want[i]] - logits[second])) < 1e-6

@@ -5,7 +5,8 @@ speculative greedy output is plain decoding's. Skipped on CPU-only builds of lla
 On a GPU, a verify decode of n rows and a plain decode of one row run different matmul
 kernels, so a logit can differ in its last bits between the two. Greedy output is then
 identical except where plain decoding's top two logits tie to within that noise: the check
-below accepts a divergence only at such a near-tie, measured on the target's own logits."""
+below (bench._divergence, which the benchmark reports too) accepts a divergence only at such
+a near-tie, measured on the target's own logits."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import ARCHS
 from llama_eagle3 import Llama
+from llama_eagle3.bench import NEAR_TIE, _divergence
 from llama_eagle3.defaults import default_head
 from test_capture import captured, make
 
@@ -25,13 +27,11 @@ GPU = dict(n_gpu_layers=-1)
 PROMPTS = ["the cat", "hello there is a", "in the beginning of the", "it is what it is, or"]
 CHATS = ["Write a short poem about the sea.", "Write a Python function that reverses a string.",
          "What is 17 times 23? Show your steps.", "Give me four tips for sleeping better."]
-TIE = 0.05  # logits closer than this are a tie as far as batch-size-dependent kernels go
 
 
 def greedy(llm: llama_cpp.Llama, tokens: list[int], n: int) -> list[int]:
-    gen = llm.generate(tokens, temp=0.0) if isinstance(llm, Llama) else llama_cpp.Llama.generate(llm, tokens, temp=0.0)
     out: list[int] = []
-    for t in gen:
+    for t in llm.generate(tokens, temp=0.0):
         out.append(t)
         if len(out) == n:
             break
@@ -39,16 +39,12 @@ def greedy(llm: llama_cpp.Llama, tokens: list[int], n: int) -> list[int]:
 
 
 def assert_same_or_near_tie(plain: llama_cpp.Llama, prompt: list[int], want: list[int], got: list[int]) -> None:
-    """Identical, or the first differing token must be a near-tie in plain's logits."""
-    i = next((j for j, (a, b) in enumerate(zip(want, got)) if a != b), None)
-    if i is None:
+    d = _divergence(plain, prompt + want, prompt + got)
+    if d is None:
         assert len(got) == len(want)
         return
-    plain.reset()
-    plain.eval(prompt + want[:i])
-    logits = np.asarray(plain.scores[len(prompt) + i - 1])
-    gap = float(logits[want[i]] - logits[got[i]])
-    assert 0 <= gap < TIE, f"diverged at token {i}: plain's logit leads the speculative token's by {gap:.4f}"
+    assert 0 <= d["gap"] < NEAR_TIE, (f"diverged at token {d['at'] - len(prompt)}: plain's logit leads the "
+                                      f"speculative token's by {d['gap']:.4f}")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
