@@ -12,11 +12,11 @@ def test_bench_writes_json_and_chart(tmp_path, targets, heads, capsys):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat sat on", "once more we go", "hello"]))
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     main(["bench", "--model", str(targets["llama"]), "--head", str(heads["llama"]), "--prompts", str(prompts),
-          "--max-tokens", "24", "--methods", "plain,lookup,eagle3,tree,auto", "--repeats", "2", "--json", str(out), "--png", str(png)])
+          "--max-tokens", "24", "--methods", "plain,control,lookup,eagle3,tree,auto", "--repeats", "2", "--json", str(out), "--png", str(png)])
     s = json.loads(out.read_text())
-    assert list(s["methods"]) == ["plain", "lookup", "eagle3", "tree", "auto"] and s["n_prompts"] == 3
+    assert list(s["methods"]) == ["plain", "control", "lookup", "eagle3", "tree", "auto"] and s["n_prompts"] == 3
     assert s["repeats"] == 2
-    for name in ("lookup", "eagle3", "tree", "auto"):
+    for name in ("control", "lookup", "eagle3", "tree", "auto"):
         assert s["methods"][name]["identical"] == 3, name  # greedy: every method reproduces plain
     chain = s["speculative"]["eagle3"]
     assert chain["rounds"] > 0 and len(chain["acceptance_at"]) == 4

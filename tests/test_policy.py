@@ -118,6 +118,8 @@ def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
     observe = spec._policy.observe_decode  # the machine's timings replaced by CPU's (interpolated)
     spec._policy.observe_decode = lambda n, seconds: observe(n, CPU.get(n, CPU[2] + (n - 2) * (CPU[5] - CPU[2]) / 3))
     spec._policy.observe_draft = lambda steps, seconds: None
+    probe = spec._policy.observe_probe  # a probe's time sets the gap to the next: fixed too
+    spec._policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
     spec._policy._c.add(1.1e-3)
     spec._policy.probe_every = spec._policy._probe_gap = 8  # short texts: probe often
     prompts = ["the cat sat", "in the beginning", "once more we"]

@@ -23,7 +23,10 @@ from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 from .llama import Llama
 from .train.prompts import load_prompts
 
-METHODS = ("plain", "lookup", "eagle3", "tree", "auto")
+# control: plain llama-cpp-python again, a second instance: its ratios to plain are the machine's
+# own noise (how far a method that costs nothing would fall on its worst prompt by chance)
+METHODS = ("plain", "control", "lookup", "eagle3", "tree", "auto")
+DEFAULT_METHODS = ("plain", "lookup", "eagle3", "tree", "auto")
 SPECULATIVE = ("eagle3", "tree", "auto")
 NEAR_TIE = 0.05  # logits closer than this: a greedy pick that batch-size-dependent rounding may flip
 _STATS = ("rounds", "drafted", "accepted", "plain_steps", "probes", "mean_accepted_length", "acceptance_rate",
@@ -68,7 +71,7 @@ def _device() -> dict:
 
 def _make(name: str, model: str, head: str, draft_max: int, p_min: float, tree: tuple[int, int],
           common: dict) -> llama_cpp.Llama:
-    if name == "plain":
+    if name in ("plain", "control"):
         return llama_cpp.Llama(model, **common)
     if name == "lookup":
         return llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10), **common)
@@ -128,7 +131,7 @@ def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
 
 
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
-          p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = METHODS,
+          p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = DEFAULT_METHODS,
           tree: tuple[int, int] = (3, 12), upstream: Optional[Path] = None, upstream_n_max: tuple[int, ...] = (),
           temperature: float = 0.0, repeats: int = 1, n_gpu_layers: int = 0, log=print) -> dict:
     """eagle3: a chain of draft_max every round (p_min cut-off); tree: a tree of (width, nodes) and
@@ -294,7 +297,7 @@ def chart(s: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(s["methods"])
     rates = [s["methods"][n]["tokens_per_second"] for n in names]
-    bars = a.bar(names, rates, color=["#888888" if n == "plain" else "#3070b0" for n in names])
+    bars = a.bar(names, rates, color=["#888888" if n in ("plain", "control") else "#3070b0" for n in names])
     plain = s["methods"].get("plain")
     if plain:
         for bar, r in zip(bars, rates):
