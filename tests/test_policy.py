@@ -206,6 +206,6 @@ def test_calibration_decodes_each_shape_in_a_row(targets, heads):
     decode = spec._capture.decode
     spec._capture.decode = lambda llm, chunk, *a: (seen.append(len(chunk)), decode(llm, chunk, *a))[1]
     spec._calibrate(warmup=2, repeats=3)
-    assert seen == [1] * 5 + [5] * 5 + [13] * 5
+    assert seen == [1] * 5 + [2] * 5 + [5] * 5 + [13] * 5
     assert spec.n_tokens == 0
     assert spec("the cat", max_tokens=8, temperature=0.0)["usage"]["completion_tokens"] == 8  # caches emptied

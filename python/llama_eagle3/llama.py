@@ -165,17 +165,21 @@ class Llama(llama_cpp.Llama):
         if self._policy.adaptive and self.eagle3_draft_max > 0:
             self._calibrate()
 
-    def _calibrate(self, warmup: int = 2, repeats: int = 3) -> None:
+    def _calibrate(self, warmup: Optional[int] = None, repeats: int = 3) -> None:
         """Start-up measurement for the draft policy, so that no generation pays for warm-up
-        rounds: the target's decode time T(n) for the row counts the policy compares (one row,
-        a chain verify, a tree verify) and the head's step time, on throwaway positions of the
-        empty context; both KV caches are emptied afterwards. Each row count is decoded
-        warmup + repeats times in a row, T(1) first: the uncounted ones page in a freshly mapped
-        model and let the backend build and reuse its graph for that shape, as in a steady run
-        of that shape (CUDA graphs are rebuilt when the shape changes; interleaving the row
-        counts measured the rebuilds on an H200, T(1) 3.5 ms against 1.2 ms steady)."""
+        rounds: the target's decode time T(n) for the row counts the policy compares (one row;
+        two, a one-token draft, which on a compute-bound CPU costs more than the straight line
+        from T(1) to T(k_max + 1) says; a chain verify; a tree verify) and the head's step time,
+        on throwaway positions of the empty context; both KV caches are emptied afterwards.
+        Each row count is decoded warmup + repeats times in a row, T(1) first: the uncounted
+        ones page in a freshly mapped model and, offloaded, let the backend build and reuse its
+        graph for that shape, as in a steady run of that shape (CUDA graphs are rebuilt when the
+        shape changes; interleaving the row counts measured the rebuilds on an H200, T(1)
+        3.5 ms against 1.2 ms steady). warmup: 2 when layers are offloaded, else 1."""
+        if warmup is None:
+            warmup = 2 if self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload() else 1
         limit = min(self.n_batch, self.context_params.n_ubatch, self._n_ctx)
-        rows = sorted({n for n in (1, self.eagle3_draft_max + 1, self.eagle3_tree_nodes + 1) if n <= limit})
+        rows = sorted({n for n in (1, 2, self.eagle3_draft_max + 1, self.eagle3_tree_nodes + 1) if n <= limit})
         tokens = [i % self._n_vocab for i in range(1, rows[-1] + 1)]
         for n in rows:  # T(1) first: larger row counts are kept relative to it
             for i in range(warmup + repeats):

@@ -68,7 +68,7 @@ class DraftPolicy:
     tree_nodes: int = 0          # node budget of a tree
     warmup_rounds: int = 4       # tree rounds that measure its gain before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
-    hopeless_alpha: float = 0.9  # break-even acceptance above which probes are hopeless_probe_every apart
+    hopeless_alpha: float = 0.8  # break-even acceptance above which probes are hopeless_probe_every apart
     hopeless_probe_every: int = 256
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
