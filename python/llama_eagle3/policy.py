@@ -113,10 +113,11 @@ class DraftPolicy:
             self._decision = None
         if switched and self._n(rows) >= 2:
             return
-        refresh = rows == 1 and self._rounds_since_t1 >= self.t1_refresh_every and 1 in self._t
-        if refresh and self._t1_streak == 0:
-            self._t1_before = self._median(1)
-            self._t[1].clear()  # a refresh: samples from before the verify rounds are stale
+        refresh = rows == 1 and self._rounds_since_t1 >= self.t1_refresh_every
+        if refresh and self._t1_streak == 0:  # samples from before the verify rounds are stale
+            self._t1_before = self._median(1) if 1 in self._t else 0.0
+            self._t.pop(1, None)
+            self._t_median.pop(1, None)
         t1 = self._median(1) if rows > 1 and 1 in self._t else None
         if rows > 1 and t1 is None:
             self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
@@ -126,7 +127,8 @@ class DraftPolicy:
         if rows == 1:
             self._t1_streak += 1
         if refresh and self._t1_streak >= self.t1_refresh_samples:
-            self._rescale(self._t1_before / self._median(1))
+            if self._t1_before:
+                self._rescale(self._t1_before / self._median(1))
             self._rounds_since_t1, self._decision = 0, None
 
     def _rescale(self, factor: float) -> None:
@@ -225,9 +227,9 @@ class DraftPolicy:
         after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
         slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds, plain
         steps until t1_refresh_samples T(1) samples are kept (the first step follows a shape
-        change and is not), which replace the older ones: a start-up T(1) that was off, or a machine that got faster, must
-        not keep speculation on where plain decoding is faster. Costs ~5 plain steps per
-        t1_refresh_every rounds."""
+        change and is not), which replace the older ones: a start-up T(1) that was off, or a
+        machine that got faster, must not keep speculation on where plain decoding is faster.
+        Costs ~5 plain steps per t1_refresh_every rounds."""
         if self.adaptive and self._rounds_since_t1 >= self.t1_refresh_every:
             return False, 0
         if self._decision is None:
