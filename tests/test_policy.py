@@ -165,22 +165,26 @@ def test_decision_is_cached_until_a_measurement_changes_it():
 
 
 def test_first_decode_after_a_shape_change_is_left_out():
-    """A GPU backend rebuilds its graph when the row count changes (CUDA graphs): that decode
-    is no steady-state sample of either shape, once the shape has two samples."""
-    p = DraftPolicy(4)
+    """An offloaded backend rebuilds its graph when the row count changes (CUDA graphs): that
+    decode is no steady-state sample of either shape, once the shape has two samples."""
+    p = DraftPolicy(4, graph_rebuilds=True)
     for n in (1, 1, 5, 5):
         p.observe_decode(n, 1e-3 * n)       # warm-up: the first samples count whatever came before
     assert (p._n(1), p._n(5)) == (2, 2)
     p.observe_decode(1, 9e-3)               # right after the 5-row decodes: a rebuild, left out
     p.observe_decode(1, 1e-3)
     assert p._n(1) == 3 and p.cost(1) == 1e-3
+    cpu = DraftPolicy(4)                    # no graph to rebuild: every decode is a sample
+    for n in (1, 1, 5, 5, 1):
+        cpu.observe_decode(n, 1e-3 * n)
+    assert cpu._n(1) == 3
 
 
 def test_a_wrong_start_up_t1_is_corrected_while_speculating():
     """Start-up measured T(1) 3x too slow (as interleaved shapes did on an H200): speculation
     looks worth it and stays on, so T(1) would never be sampled again. Every t1_refresh_every
     rounds a few plain steps re-measure it, and the policy then sees plain decoding is faster."""
-    p = DraftPolicy(4)
+    p = DraftPolicy(4, graph_rebuilds=True)
     measured(p, {1: 3.5e-3, 5: 1.55e-3}, 0.25e-3, [0.3] * 4)
     true_t1, true_t5 = 1.2e-3, 1.55e-3
     plain_at = []
@@ -202,10 +206,13 @@ def test_calibration_decodes_each_shape_in_a_row(targets, heads):
     backend would otherwise rebuild its graph on every decode and time the rebuilds)."""
     spec = Llama(str(targets["llama"]), n_ctx=256, verbose=False, eagle3_head=str(heads["llama"]),
                  eagle3_draft_max=4, eagle3_tree_width=3, eagle3_tree_nodes=12)
-    seen: list[int] = []
-    decode = spec._capture.decode
+    seen: list = []
+    decode, decode_tree = spec._capture.decode, spec._decode_tree
     spec._capture.decode = lambda llm, chunk, *a: (seen.append(len(chunk)), decode(llm, chunk, *a))[1]
+    spec._decode_tree = lambda tokens, pos, seqs: (seen.append(("tree", len(tokens), len(seqs[0]))),
+                                                   decode_tree(tokens, pos, seqs))[1]
     spec._calibrate(warmup=2, repeats=3)
-    assert seen == [1] * 5 + [2] * 5 + [5] * 5 + [13] * 5
+    # the tree row count is timed on a stand-in tree: 12 nodes, 3 under the first of each level, 9 leaves
+    assert seen == [1] * 5 + [2] * 5 + [5] * 5 + [("tree", 13, 9)] * 5
     assert spec.n_tokens == 0
     assert spec("the cat", max_tokens=8, temperature=0.0)["usage"]["completion_tokens"] == 8  # caches emptied

@@ -119,6 +119,7 @@ class Llama(llama_cpp.Llama):
                               "speculative output may differ from plain decoding; use flash_attn=True for "
                               "identical output", stacklevel=2)
         super().__init__(model_path, *args, **kwargs)
+        self._policy.graph_rebuilds = self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         if head_path is not None:
             # one verify decode (one ubatch: the capture reads one) holds the last token and every draft
             rows = 1 + max(eagle3_draft_max, self.eagle3_tree_nodes)
@@ -175,19 +176,28 @@ class Llama(llama_cpp.Llama):
         ones page in a freshly mapped model and, offloaded, let the backend build and reuse its
         graph for that shape, as in a steady run of that shape (CUDA graphs are rebuilt when the
         shape changes; interleaving the row counts measured the rebuilds on an H200, T(1)
-        3.5 ms against 1.2 ms steady). warmup: 2 when layers are offloaded, else 1."""
+        3.5 ms against 1.2 ms steady). warmup: 2 when layers are offloaded, else 1. The tree
+        row count is timed on a stand-in tree (DraftTree.comb) verified like a real one."""
         if warmup is None:
-            warmup = 2 if self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload() else 1
+            warmup = 2 if self._policy.graph_rebuilds else 1
         limit = min(self.n_batch, self.context_params.n_ubatch, self._n_ctx)
         rows = sorted({n for n in (1, 2, self.eagle3_draft_max + 1, self.eagle3_tree_nodes + 1) if n <= limit})
         tokens = [i % self._n_vocab for i in range(1, rows[-1] + 1)]
+        # a tree verify is timed as one: its sequences (one per leaf) and masks cost more than
+        # as many plain rows (on an H200, 4.2 ms against 2.0 for 13 rows)
+        tree = DraftTree.comb(self.eagle3_tree_width, self.eagle3_tree_nodes, self.eagle3_draft_max) \
+            if self.eagle3_tree_nodes > self.eagle3_draft_max else None
         for n in rows:  # T(1) first: larger row counts are kept relative to it
             for i in range(warmup + repeats):
                 t0 = time.perf_counter()
-                self._capture.decode(self, tokens[:n], 0, 0)  # reads the captured rows: waits for the backend
+                # both read the captured rows: they wait for the backend
+                if tree is not None and n == len(tree) + 1:
+                    self._decode_tree([tokens[0], *tree.tokens], [0, *tree.depth], tree.row_sequences())
+                else:
+                    self._capture.decode(self, tokens[:n], 0, 0)
                 if i >= warmup:
                     self._policy.observe_decode(n, time.perf_counter() - t0)
-                self._ctx.kv_cache_seq_rm(-1, 0, -1)
+                self._forget_from(0)
         for i in range(warmup + repeats):
             step = self._spec.time_step(self.eagle3_draft_max)
             if i >= warmup:
@@ -237,11 +247,16 @@ class Llama(llama_cpp.Llama):
             # restored positions carry no features: keep the prefix the head knows
             self._truncate(self.n_tokens)
 
+    def _forget_from(self, pos: int) -> None:
+        """Removes every sequence's target KV cells at positions >= pos (llama-cpp-python's
+        kv_cache_seq_rm reads seq_id -1 as 0, so the llama.cpp call is made directly)."""
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, -1, pos, -1)
+
     def _truncate(self, m: int) -> int:
         """Keeps target positions [0, keep) with keep <= m chosen so both invariants hold."""
         keep = self._spec.truncate(m)
         if keep < self.n_tokens:
-            self._ctx.kv_cache_seq_rm(-1, keep, -1)
+            self._forget_from(keep)
         self.n_tokens = keep
         self._requires_eval = True
         return keep
@@ -250,7 +265,7 @@ class Llama(llama_cpp.Llama):
         """Evaluates tokens at n_tokens.. (n_batch chunks) with logits on the last n_logits rows
         (all rows with logits_all) and hands their features to the proposer. Callers first bring
         the proposer in step with n_tokens (_truncate / _resync)."""
-        self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        self._forget_from(self.n_tokens)
         n_total = len(tokens)
         for i in range(0, n_total, self.n_batch):
             chunk = tokens[i : min(n_total, i + self.n_batch)]
@@ -460,7 +475,7 @@ class Llama(llama_cpp.Llama):
     def _decode_tree(self, tokens: list[int], positions: list[int], seqs: list[list[int]]) -> np.ndarray:
         """One decode of a tree batch (logits on every row) after copying the committed context
         into every leaf's sequence; returns the rows' features [len(tokens), 3*Ht]."""
-        self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        self._forget_from(self.n_tokens)
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         for s in range(1, len(seqs[0])):
             llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
@@ -479,5 +494,5 @@ class Llama(llama_cpp.Llama):
         """After a tree verify: keeps sequence 0's cells below position end (every other sequence's
         cells go); the target KV then holds input_ids[:end]."""
         llama_cpp.llama_memory_seq_keep(llama_cpp.llama_get_memory(self._ctx.ctx), 0)
-        self._ctx.kv_cache_seq_rm(-1, end, -1)
+        self._forget_from(end)
         self.n_tokens = end

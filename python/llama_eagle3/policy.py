@@ -8,8 +8,8 @@ A round that drafts k tokens commits E(k) tokens on average and costs C(k):
 and the policy drafts argmax_k E(k) / C(k) over 0..k_max; k = 0 is plain decoding. All
 three inputs are measured in this process, on this machine and backend: T(n) from the
 engine's own decodes (the median of the last 32 of each row count: a decode stalled by
-something else must not flip the decision; the first decode after a change of row count is
-left out, since a GPU backend rebuilds its graph then; T(1) is re-measured every
+something else must not flip the decision; offloaded, the first decode after a change of row
+count is left out, since a GPU backend rebuilds its graph then; T(1) is re-measured every
 t1_refresh_every verify rounds), so that a compute-bound CPU, where T(n) grows
 with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer; c from the
 head's draft calls, alpha from recent rounds (exponential moving averages, so a predictable
@@ -72,6 +72,7 @@ class DraftPolicy:
     hopeless_probe_every: int = 256
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
+    graph_rebuilds: bool = False  # the backend rebuilds its graph when the row count changes (offloaded)
     t1_refresh_every: int = 128  # verify rounds after which speculation pauses to re-measure T(1) ...
     t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
@@ -104,14 +105,15 @@ class DraftPolicy:
     # ---- measurements ------------------------------------------------------------------
 
     def observe_decode(self, rows: int, seconds: float) -> None:
-        """A target decode of `rows` rows (last token + drafts). The first decode after a change
-        of row count is not kept once that count has 2 samples: a backend may rebuild its graph
-        for the new shape (CUDA graphs), which neither shape pays while it runs steadily."""
+        """A target decode of `rows` rows (last token + drafts). With graph_rebuilds, the first
+        decode after a change of row count is not kept once that count has 2 samples: the
+        backend rebuilt its graph for the new shape (CUDA graphs), which neither shape pays
+        while it runs steadily."""
         switched, self._last_rows = rows != self._last_rows, rows
         self._decode_samples += 1
         if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self._n(1) < 2:  # (warm-up)
             self._decision = None
-        if switched and self._n(rows) >= 2:
+        if self.graph_rebuilds and switched and self._n(rows) >= 2:
             return
         refresh = rows == 1 and self._rounds_since_t1 >= self.t1_refresh_every
         if refresh and self._t1_streak == 0:  # samples from before the verify rounds are stale
@@ -226,8 +228,8 @@ class DraftPolicy:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
         after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
         slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds, plain
-        steps until t1_refresh_samples T(1) samples are kept (the first step follows a shape
-        change and is not), which replace the older ones: a start-up T(1) that was off, or a
+        steps until t1_refresh_samples T(1) samples are kept (offloaded, the first step follows a
+        shape change and is not), which replace the older ones: a start-up T(1) that was off, or a
         machine that got faster, must not keep speculation on where plain decoding is faster.
         Costs ~5 plain steps per t1_refresh_every rounds."""
         if self.adaptive and self._rounds_since_t1 >= self.t1_refresh_every:

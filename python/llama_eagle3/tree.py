@@ -42,6 +42,25 @@ class DraftTree:
         n = len(tokens)
         return cls(list(tokens), list(range(-1, n - 1)), list(range(1, n + 1)), [0.0] * n)
 
+    @classmethod
+    def comb(cls, width: int, nodes: int, depth: int) -> "DraftTree":
+        """A stand-in tree of `nodes` nodes for timing a verify (Llama._calibrate): `width`
+        children under the first node of each level down to `depth`, then more children of the
+        root. The shape of a confident EAGLE-2 tree: the top-1 chain with alternatives along it."""
+        parents: list[int] = []
+        depths: list[int] = []
+        parent = -1
+        for level in range(1, depth + 1):
+            first = len(parents)
+            for _ in range(min(width, nodes - len(parents))):
+                parents.append(parent)
+                depths.append(level)
+            parent = first
+        while len(parents) < nodes:
+            parents.append(-1)
+            depths.append(1)
+        return cls(list(range(1, nodes + 1)), parents, depths, [0.0] * nodes).depth_first()
+
     def __len__(self) -> int:
         return len(self.tokens)
 
