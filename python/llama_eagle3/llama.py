@@ -476,9 +476,8 @@ class Llama(llama_cpp.Llama):
         """One decode of a tree batch (logits on every row) after copying the committed context
         into every leaf's sequence; returns the rows' features [len(tokens), 3*Ht]."""
         self._forget_from(self.n_tokens)
-        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         for s in range(1, len(seqs[0])):
-            llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._ctx.memory, 0, s, -1, -1)
         b = self._tree_batch.batch
         b.n_tokens = len(tokens)
         for i, (t, p, ss) in enumerate(zip(tokens, positions, seqs)):
@@ -493,6 +492,6 @@ class Llama(llama_cpp.Llama):
     def _keep_sequence_0(self, end: int) -> None:
         """After a tree verify: keeps sequence 0's cells below position end (every other sequence's
         cells go); the target KV then holds input_ids[:end]."""
-        llama_cpp.llama_memory_seq_keep(llama_cpp.llama_get_memory(self._ctx.ctx), 0)
+        llama_cpp.llama_memory_seq_keep(self._ctx.memory, 0)
         self._forget_from(end)
         self.n_tokens = end
