@@ -145,17 +145,20 @@ class DraftPolicy:
         if steps > 0:
             self._c.add(seconds / steps)
 
-    def observe_round(self, drafted: int, accepted: int) -> None:
-        """Draft positions 1..drafted were verified; the first `accepted` matched."""
+    def _verified(self) -> None:
+        """A verify round (chain or tree) ran: the decision is remade and T(1)'s refresh clock ticks."""
         self._decision = None
         self._rounds_since_t1, self._t1_streak = self._rounds_since_t1 + 1, 0
+
+    def observe_round(self, drafted: int, accepted: int) -> None:
+        """Draft positions 1..drafted were verified; the first `accepted` matched."""
+        self._verified()
         for i in range(min(drafted, accepted + 1, self.k_max)):
             self._alpha[i].add(1.0 if i < accepted else 0.0)
 
     def observe_tree(self, committed: int, draft_seconds: float) -> None:
         """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
-        self._decision = None
-        self._rounds_since_t1, self._t1_streak = self._rounds_since_t1 + 1, 0
+        self._verified()
         self._tree_rounds += 1
         self._tree_gain.add(committed / self.expected_tokens(self.k_max))
         self._tree_c.add(draft_seconds)
