@@ -74,13 +74,21 @@ def test_batched_generation_captures_each_sequences_states_in_order(arch, target
     capture = FeatureCapture(arch, ref._capture.layer_ids, tm.H, tm.N_LAYER)
     gen = BatchedGenerator(base, n_seq=3, max_len=64, capture=capture)
     prompts = [[1, *range(5 + 3 * i, 9 + 5 * i)] for i in range(5)]  # unequal lengths, 5 prompts on 3 slots
-    got: dict[int, tuple[list[int], np.ndarray]] = {}
-    gen.generate(prompts, max_new=12, on_done=lambda i, resp, f: got.__setitem__(i, (resp, f)))
+    got: dict[int, tuple] = {}
+    gen.generate(prompts, max_new=12, on_done=lambda i, *rec: got.__setitem__(i, rec), keep_top=4)
     gen.close()
     assert sorted(got) == list(range(5))
-    for i, (resp, feats) in got.items():
+    for i, (resp, feats, (top_ids, top_logp)) in got.items():
         tokens = prompts[i] + resp
         assert feats.shape == (len(tokens), 3 * tm.H) and feats.dtype == np.float16
+        # the target's distribution of token P+1 sits at row P, from the last prompt row on (greedy:
+        # its most likely token is the one generated); rows without logits hold id -1
+        n_prompt = len(prompts[i])
+        assert top_ids.shape == top_logp.shape == (len(tokens), 4)
+        assert (top_ids[: n_prompt - 1] == -1).all()
+        rows = np.arange(n_prompt - 1, len(tokens) - 1)
+        assert (top_ids[rows, top_logp[rows].argmax(1)] == np.asarray(tokens)[rows + 1]).all()
+        assert (top_logp[rows] <= 0).all() and (np.exp(top_logp[rows].astype(np.float32)).sum(1) <= 1.001).all()
         ref.reset()
         want = captured(ref, tokens, [len(tokens)])
         # the last token is never decoded (its row is unused by the head) unless the sequence ended

@@ -20,6 +20,24 @@ def train_cmd(model, out, *extra) -> list[str]:
             "--draft-vocab", "64", "--outtype", "f32", *extra]
 
 
+def check_soft_labels(out, n_vocab: int) -> None:
+    """Each step's soft label is the target's distribution of the very token the hard label names
+    (greedy answers: that token is its most likely one), in draft ids, summing to 1."""
+    import numpy as np
+
+    from llama_eagle3.train.trainer import Samples
+
+    data = Samples(out / "features", np.load(out / "vocab.npz")["d2t"], n_vocab)
+    assert data.has_top
+    batch = data.collate(list(range(len(data))), steps=4, soft=True)
+    for t, (ids, p) in zip(batch.targets, batch.soft):
+        valid = t >= 0
+        assert valid.sum() > 0
+        best = ids[valid].gather(-1, p[valid].argmax(-1, keepdim=True)).squeeze(-1)
+        assert (best == t[valid]).float().mean() > 0.98
+        assert np.allclose(p[valid].sum(-1).numpy(), 1.0, atol=1e-4)
+
+
 def test_train_tiny_target_end_to_end(tmp_path, targets):
     out = tmp_path / "head"
     r = subprocess.run(train_cmd(targets["llama"], out), capture_output=True, text=True, timeout=600)
@@ -32,6 +50,7 @@ def test_train_tiny_target_end_to_end(tmp_path, targets):
     assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 3, 4]  # SpecForge: output of layer i
     report = json.loads((out / "report.json").read_text())
     assert len(report["final_heldout_accuracy_per_step"]) == 4
+    check_soft_labels(out, llama_cpp.Llama(str(targets["llama"]), n_ctx=64, verbose=False).n_vocab())
 
     # the trained head runs and stays lossless
     plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=256, verbose=False, flash_attn=True)

@@ -22,9 +22,9 @@ def _train(a: argparse.Namespace) -> None:
     from .train.trainer import TrainConfig
 
     data = DataConfig(n_prompts=a.n_prompts, max_new_tokens=a.max_new_tokens, n_seq=a.n_seq, draft_vocab=a.draft_vocab,
-                      layer_ids=a.layers, seed=a.seed, threads=a.threads)
+                      top_k=a.top_k, layer_ids=a.layers, seed=a.seed, threads=a.threads)
     train = TrainConfig(epochs=a.epochs, steps=a.ttt_steps, lr=a.lr, seed=a.seed, threads=a.threads,
-                        batch_tokens=a.batch_tokens)
+                        batch_tokens=a.batch_tokens, soft_weight=a.soft_weight, weight_decay=a.weight_decay)
     run(a.model, Path(a.out), data, train, a.prompts, heldout=a.heldout, outtype=a.outtype)
 
 
@@ -82,12 +82,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--max-new-tokens", type=int, default=192)
     t.add_argument("--n-seq", type=int, default=32, help="sequences the target answers per batched decode")
     t.add_argument("--draft-vocab", type=int, default=8192)
+    t.add_argument("--top-k", type=int, default=16, help="the target's most likely next tokens kept per position "
+                                                          "(soft labels; 0: none)")
     t.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="capture layers ('input of layer' ids); default 2,N//2,N-3")
     t.add_argument("--epochs", type=float, default=3.0)
     t.add_argument("--ttt-steps", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-tokens", type=int, default=4096)
+    t.add_argument("--soft-weight", type=float, default=0.5,
+                   help="weight of the target's top-k distribution in each step's loss (0: its token only)")
+    t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="q8_0")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)

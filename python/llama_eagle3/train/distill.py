@@ -12,6 +12,11 @@ ubatch per decode). So the hook path uses a unified KV; otherwise each sequence 
 KV stream, whose attention spans only its own cells (a unified KV's attention spans every
 sequence's cells: measured 92 -> 64 tokens/s as 16 answers grow). A sample's last token is never decoded: its row is zero (the head
 never reads it: it would pair with the token after the end).
+
+With keep_top = K, each logits row also yields the target's K most likely next tokens and their
+log-probabilities (softmax over the whole vocabulary): row P of a sample holds the target's
+distribution of token P+1, the soft label the head learns from. Rows without logits (all prompt
+rows but the last, the last token) hold id -1.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from .._native import llama_cpp
 from ..capture import FeatureCapture
 from llama_cpp import llama_cpp as C
 
-OnDone = Callable[[int, list[int], Optional[np.ndarray]], None]
+TopK = tuple[np.ndarray, np.ndarray]  # ids int32 [n, K], log-probabilities f16 [n, K]
+OnDone = Callable[[int, list[int], Optional[np.ndarray], Optional[TopK]], None]
 
 
 class BatchedGenerator:
@@ -98,10 +104,11 @@ class BatchedGenerator:
         return rows
 
     def generate(self, prompts: Sequence[list[int]], max_new: int, temperature: float = 0.0, top_k: int = 50,
-                 seed: int = 0, on_done: Optional[OnDone] = None) -> list[list[int]]:
+                 seed: int = 0, on_done: Optional[OnDone] = None, keep_top: int = 0) -> list[list[int]]:
         """Responses (without the prompt, end-of-generation token dropped) to every prompt; greedy at
-        temperature 0. on_done(i, response, features) is called as each finishes; features: the
-        states of prompt + response, [len(prompt) + len(response), 3*Ht] f16 (None without a capture)."""
+        temperature 0. on_done(i, response, features, top) is called as each finishes; features: the
+        states of prompt + response, [len(prompt) + len(response), 3*Ht] f16 (None without a capture);
+        top: the target's keep_top most likely next tokens at each of those rows (None when 0)."""
         rng = np.random.default_rng(seed)
         out: list[Optional[list[int]]] = [None] * len(prompts)
         queue = list(range(len(prompts)))[::-1]
@@ -109,6 +116,7 @@ class BatchedGenerator:
         pending: list[tuple[int, int, int, bool]] = []
         feats: dict[int, np.ndarray] = {}  # seq -> [max_len, 3*Ht] f16
         width = 3 * self.capture.n_embd if self.capture is not None else 0
+        tops: dict[int, TopK] = {}  # seq -> ([max_len, K] ids, [max_len, K] log-probabilities)
 
         def fill() -> None:
             for seq in range(self.n_seq):
@@ -120,6 +128,9 @@ class BatchedGenerator:
                 slots[seq] = {"i": i, "pos": len(toks), "resp": [], "n_prompt": len(toks)}
                 if width:
                     feats[seq] = np.zeros((self.max_len, width), np.float16)
+                if keep_top:
+                    tops[seq] = (np.full((self.max_len, keep_top), -1, np.int32),
+                                 np.full((self.max_len, keep_top), -np.inf, np.float16))
                 pending[:0] = [(t, p, seq, False) for p, t in enumerate(toks[:-1])]
                 pending.append((toks[-1], len(toks) - 1, seq, True))
 
@@ -133,6 +144,9 @@ class BatchedGenerator:
                 slot = slots[seq]
                 logits = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
                 tok = self._sample(logits, temperature, top_k, rng)
+                if keep_top:
+                    ids, logp = tops[seq]
+                    ids[slot["pos"] - 1], logp[slot["pos"] - 1] = self._top(logits, keep_top)
                 done = C.llama_vocab_is_eog(self.vocab, tok) or len(slot["resp"]) + 1 >= max_new
                 if not C.llama_vocab_is_eog(self.vocab, tok):
                     slot["resp"].append(tok)
@@ -140,7 +154,9 @@ class BatchedGenerator:
                     out[slot["i"]] = slot["resp"]
                     if on_done:
                         n = slot["n_prompt"] + len(slot["resp"])
-                        on_done(slot["i"], slot["resp"], feats.pop(seq)[:n].copy() if width else None)
+                        top = tops.pop(seq) if keep_top else None
+                        on_done(slot["i"], slot["resp"], feats.pop(seq)[:n].copy() if width else None,
+                                None if top is None else (top[0][:n].copy(), top[1][:n].copy()))
                     del slots[seq]
                     C.llama_memory_seq_rm(self.mem, seq, -1, -1)
                 else:
@@ -148,6 +164,14 @@ class BatchedGenerator:
                     slot["pos"] += 1
             fill()
         return [r or [] for r in out]
+
+    @staticmethod
+    def _top(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most likely tokens (any order) and their log-probabilities over the whole vocabulary."""
+        top = np.argpartition(logits, -k)[-k:]
+        m = float(logits.max())
+        lse = m + float(np.log(np.exp(logits - m).sum()))
+        return top.astype(np.int32), (logits[top] - lse).astype(np.float16)
 
     @staticmethod
     def _sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:

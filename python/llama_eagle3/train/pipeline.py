@@ -38,6 +38,7 @@ class DataConfig:
     max_prompt_tokens: int = 256
     n_seq: int = 32                # sequences per batched decode (2 cores: 16 / 32 / 48 -> 86 / 99 / 105 tokens/s)
     draft_vocab: int = 8192
+    top_k: int = 16                # the target's most likely next tokens kept per position (soft labels)
     layer_ids: Optional[list[int]] = None  # llama.cpp "input of layer" ids; default [2, N//2, N-3]
     seed: int = 0
     threads: int = 2
@@ -114,14 +115,14 @@ def stage_samples(out: Path, chat: ChatTokenizer, gen: BatchedGenerator, convs: 
                 if ids:
                     f.flush()
 
-            def on_done(j: int, response: list[int], feats) -> None:
+            def on_done(j: int, response: list[int], feats, top) -> None:
                 records[todo[j]] = {"i": todo[j], "prompt": prompts[j], "response": response}
                 n_tok[0] += len(response)
                 n_done[0] += 1
-                save(writer.add(todo[j], prompts[j], response, feats))
+                save(writer.add(todo[j], prompts[j], response, feats, top))
                 if n_done[0] % 50 == 0:
                     _log(f"  {n_done[0]}/{len(convs)} answered, {n_tok[0] / (time.time() - t0):.0f} tokens/s")
-            gen.generate(prompts, max_new=cfg.max_new_tokens, temperature=0.0, on_done=on_done)
+            gen.generate(prompts, max_new=cfg.max_new_tokens, temperature=0.0, on_done=on_done, keep_top=cfg.top_k)
             save(writer.flush())
     return fdir
 

@@ -21,6 +21,7 @@ from .model import HeadModule
 class TrainConfig:
     steps: int = 4                 # unrolled draft steps (the chain depth trained for)
     step_decay: float = 0.8        # loss weight of step k: decay**k
+    soft_weight: float = 0.5       # step loss = (1 - w) CE(target's token) + w CE(target's top-k distribution)
     epochs: float = 3.0
     batch_tokens: int = 4096       # padded tokens per optimizer step
     lr: float = 1e-3
@@ -33,17 +34,40 @@ class TrainConfig:
     threads: int = 2
 
 
+@dataclass
+class Batch:
+    """feats [B, T, 3Ht], tokens [B, T]; per step k: targets[k] [B, T], the draft id of t[P+k+2]
+    (-100: no loss: a prompt token or one outside the draft vocabulary), and, when the shards
+    hold the target's top-k, soft[k] = (draft ids [B, T, K] (-1 outside the vocabulary), their
+    probabilities renormalised over the draft vocabulary [B, T, K]): the target's distribution
+    of that same token."""
+    feats: torch.Tensor
+    tokens: torch.Tensor
+    targets: list[torch.Tensor]
+    soft: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
+
+    def to(self, device: torch.device) -> "Batch":
+        soft = None if self.soft is None else [(i.to(device), p.to(device)) for i, p in self.soft]
+        return Batch(self.feats.to(device), self.tokens.to(device), [t.to(device) for t in self.targets], soft)
+
+
 class Samples:
     """All samples of the feature shards in memory (features stay fp16 until batched)."""
 
     def __init__(self, feature_dir: Path, d2t: np.ndarray, n_vocab: int):
         self.tokens, self.loss, self.feats = [], [], []
+        self.top_ids: list[np.ndarray] = []
+        self.top_logp: list[np.ndarray] = []
         for shard in read_shards(feature_dir):
             s = shard["starts"]
             for a, b in zip(s[:-1], s[1:]):
                 self.tokens.append(shard["tokens"][a:b])
                 self.loss.append(shard["loss"][a:b])
                 self.feats.append(shard["feats"][a:b])
+                if "top_ids" in shard:
+                    self.top_ids.append(shard["top_ids"][a:b])
+                    self.top_logp.append(shard["top_logp"][a:b])
+        self.has_top = len(self.top_ids) == len(self.tokens) > 0
         self.t2d = np.full(n_vocab, -1, np.int64)
         self.t2d[d2t] = np.arange(len(d2t))
 
@@ -67,36 +91,48 @@ class Samples:
             rng.shuffle(out)
         return out
 
-    def collate(self, batch: list[int], steps: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """feats [B, T, 3Ht], tokens [B, T], and per step k the draft-id targets [B, T] (-100: no loss)
-        of t[P+k+2], counted only on response tokens inside the draft vocabulary."""
+    def collate(self, batch: list[int], steps: int, soft: bool) -> Batch:
         T = max(len(self.tokens[i]) for i in batch)
         B, width = len(batch), self.feats[batch[0]].shape[1]
         feats = np.zeros((B, T, width), np.float32)
         tokens = np.zeros((B, T), np.int64)
         loss = np.zeros((B, T), bool)
+        soft = soft and self.has_top
+        K = self.top_ids[batch[0]].shape[1] if soft else 0
+        top_ids = np.full((B, T, K), -1, np.int64)
+        top_p = np.zeros((B, T, K), np.float32)
         for r, i in enumerate(batch):
             n = len(self.tokens[i])
             feats[r, :n] = self.feats[i]
             tokens[r, :n] = self.tokens[i]
             loss[r, :n] = self.loss[i] == 1
-        targets = []
+            if soft:
+                ids = self.top_ids[i]
+                top_ids[r, :n] = np.where(ids >= 0, self.t2d[np.maximum(ids, 0)], -1)
+                top_p[r, :n] = np.where(top_ids[r, :n] >= 0, np.exp(self.top_logp[i].astype(np.float32)), 0.0)
+        if soft:
+            top_p /= np.maximum(top_p.sum(-1, keepdims=True), 1e-9)
+        targets, dists = [], []
         for k in range(steps):
             shift = k + 2
             t = np.full((B, T), -100, np.int64)
+            ids, p = np.full((B, T, K), -1, np.int64), np.zeros((B, T, K), np.float32)
             if shift < T:
                 tgt = self.t2d[tokens[:, shift:]]
                 ok = loss[:, shift:] & (tgt >= 0)
                 t[:, : T - shift] = np.where(ok, tgt, -100)
+                # row P + k + 1 holds the target's distribution of t[P+k+2]
+                ids[:, : T - shift], p[:, : T - shift] = top_ids[:, shift - 1 : T - 1], top_p[:, shift - 1 : T - 1]
             targets.append(torch.from_numpy(t))
-        return torch.from_numpy(feats), torch.from_numpy(tokens), targets
+            dists.append((torch.from_numpy(ids), torch.from_numpy(p)))
+        return Batch(torch.from_numpy(feats), torch.from_numpy(tokens), targets, dists if soft else None)
 
 
-def _step_metrics(model: HeadModule, hs: list[torch.Tensor], targets: list[torch.Tensor], decay: float):
+def _step_metrics(model: HeadModule, hs: list[torch.Tensor], batch: Batch, cfg: TrainConfig):
     """Weighted loss and (loss, top-1 accuracy, rows) per step; logits only where a target exists."""
     loss = torch.zeros((), device=model.lm_head.device)
     per_step = []
-    for k, (h, t) in enumerate(zip(hs, targets)):
+    for k, (h, t) in enumerate(zip(hs, batch.targets)):
         valid = t >= 0
         n = int(valid.sum())
         if n == 0:
@@ -104,8 +140,12 @@ def _step_metrics(model: HeadModule, hs: list[torch.Tensor], targets: list[torch
             continue
         z = logits(model, model.config, h[valid])
         lk = torch.nn.functional.cross_entropy(z, t[valid])
+        if batch.soft is not None and cfg.soft_weight > 0:
+            ids, p = batch.soft[k][0][valid], batch.soft[k][1][valid]                 # [n, K]
+            logq = torch.log_softmax(z, -1).gather(-1, ids.clamp(min=0))
+            lk = (1 - cfg.soft_weight) * lk - cfg.soft_weight * (p * logq).sum(-1).mean()
         acc = (z.argmax(-1) == t[valid]).float().mean()
-        loss = loss + decay ** k * lk
+        loss = loss + cfg.step_decay ** k * lk
         per_step.append((float(lk.detach()), float(acc), n))
     return loss, per_step
 
@@ -114,18 +154,14 @@ def _device(model: HeadModule) -> torch.device:
     return model.lm_head.device
 
 
-def _to(device: torch.device, feats: torch.Tensor, tokens: torch.Tensor, targets: list[torch.Tensor]):
-    return feats.to(device), tokens.to(device), [t.to(device) for t in targets]
-
-
 def evaluate(model: HeadModule, data: Samples, idx: np.ndarray, cfg: TrainConfig) -> list[float]:
     """Per-step top-1 accuracy on held-out samples."""
     hits = np.zeros(cfg.steps)
     counts = np.zeros(cfg.steps)
     with torch.no_grad():
         for batch in data.batches(idx, cfg.batch_tokens, None):
-            feats, tokens, targets = _to(_device(model), *data.collate(batch, cfg.steps))
-            _, per_step = _step_metrics(model, model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
+            b = data.collate(batch, cfg.steps, soft=False).to(_device(model))
+            _, per_step = _step_metrics(model, model.ttt(b.feats, b.tokens, cfg.steps), b, cfg)
             for k, (_, acc, n) in enumerate(per_step):
                 hits[k] += acc * n
                 counts[k] += n
@@ -180,10 +216,10 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
         if not batches:
             batches = data.batches(train_idx, cfg.batch_tokens, np.random.default_rng(cfg.seed + step))
         batch = batches.pop()
-        feats, tokens, targets = _to(_device(model), *data.collate(batch, cfg.steps))
+        b = data.collate(batch, cfg.steps, soft=cfg.soft_weight > 0).to(_device(model))
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss, per_step = _step_metrics(model, model.ttt(feats, tokens, cfg.steps), targets, cfg.step_decay)
+        loss, per_step = _step_metrics(model, model.ttt(b.feats, b.tokens, cfg.steps), b, cfg)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
