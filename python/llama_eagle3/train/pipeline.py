@@ -195,7 +195,8 @@ def run(model_path: str, out: Path, data_cfg: DataConfig, train_cfg: "TrainConfi
     (out / "train_config.json").write_text(json.dumps(asdict(train_cfg), indent=1))
     model = HeadModule(config, embed, output[d2t], seed=train_cfg.seed)
     samples = Samples(fdir, d2t, llm.n_vocab())
-    _log(f"training on {len(samples)} samples, {sum(len(t) for t in samples.tokens)} tokens")
+    soft = "with" if samples.has_top and train_cfg.soft_weight > 0 else "without"
+    _log(f"training on {len(samples)} samples, {sum(len(t) for t in samples.tokens)} tokens, {soft} soft labels")
     t0 = time.time()
     history = train(model, samples, out, train_cfg, log=_log)
     t_train = time.time() - t0
