@@ -1,6 +1,6 @@
 """Writes train_prompts.jsonl: the requests the shipped SmolLM2 head was trained on.
 
-1600 templates x topics (chat, code, math, lists, explanations), drawn with a fixed seed, and
+1300 templates x topics (chat, code, math, lists, explanations), drawn with a fixed seed, and
 500 of the requests the target wrote itself for the first training run (self_written.jsonl). None is a
 prompt of examples/prompts/heldout.jsonl (checked).
 
@@ -74,7 +74,7 @@ def math_prompt(r: random.Random) -> str:
     return r.choice(forms)
 
 
-def main(n: int = 1600, n_own: int = 500, seed: int = 0) -> None:
+def main(n: int = 1300, n_own: int = 500, seed: int = 0) -> None:
     r = random.Random(seed)
     held = {json.loads(line)["prompt"] for line in (HERE / "../../examples/prompts/heldout.jsonl").read_text().splitlines()}
     out: list[str] = []
