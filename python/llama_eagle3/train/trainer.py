@@ -139,11 +139,12 @@ def _step_metrics(model: HeadModule, hs: list[torch.Tensor], batch: Batch, cfg: 
             per_step.append((0.0, 0.0, 0))
             continue
         z = logits(model, model.config, h[valid])
-        lk = torch.nn.functional.cross_entropy(z, t[valid])
+        logq = torch.log_softmax(z, -1)                                               # [n, Vd]
+        lk = torch.nn.functional.nll_loss(logq, t[valid])
         if batch.soft is not None and cfg.soft_weight > 0:
             ids, p = batch.soft[k][0][valid], batch.soft[k][1][valid]                 # [n, K]
-            logq = torch.log_softmax(z, -1).gather(-1, ids.clamp(min=0))
-            lk = (1 - cfg.soft_weight) * lk - cfg.soft_weight * (p * logq).sum(-1).mean()
+            soft = -(p * logq.gather(-1, ids.clamp(min=0))).sum(-1).mean()
+            lk = (1 - cfg.soft_weight) * lk + cfg.soft_weight * soft
         acc = (z.argmax(-1) == t[valid]).float().mean()
         loss = loss + cfg.step_decay ** k * lk
         per_step.append((float(lk.detach()), float(acc), n))
