@@ -223,17 +223,18 @@ def train(model: HeadModule, data: Samples, out: Path, cfg: TrainConfig, log=pri
         loss, per_step = _step_metrics(model, model.ttt(b.feats, b.tokens, cfg.steps), b, cfg)
         opt.zero_grad()
         loss.backward()
+        loss_value = float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
         history["step"].append(step)
-        history["loss"].append(float(loss.detach()))
+        history["loss"].append(loss_value)
         history["step_loss"].append([p[0] for p in per_step])
         history["step_acc"].append([p[1] for p in per_step])
         if step % 10 == 0 or step == total:
             rate = step / max(time.time() - t0, 1e-9)
             accs = " ".join(f"{a:.2f}" for _, a, _ in per_step)
-            log(f"step {step}/{total} loss {float(loss):.3f} acc/step [{accs}] lr {lr_at(step):.2e} "
+            log(f"step {step}/{total} loss {loss_value:.3f} acc/step [{accs}] lr {lr_at(step):.2e} "
                 f"({rate:.2f} steps/s, ~{(total - step) / max(rate, 1e-9) / 60:.0f} min left)")
         if step % cfg.checkpoint_every == 0 or step == total:
             history["eval_step"].append(step)
