@@ -28,12 +28,8 @@ def subset_samples(fraction: float, seed: int = 1) -> type:
     class Subset(trainer.Samples):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            n = len(self.tokens)
-            keep = np.sort(np.random.default_rng(seed).permutation(n)[: round(fraction * n)])
-            for name in ("tokens", "loss", "feats", "top_ids", "top_logp"):
-                values = getattr(self, name)
-                if values:
-                    setattr(self, name, [values[i] for i in keep])
+            n = len(self)
+            self.select(np.sort(np.random.default_rng(seed).permutation(n)[: round(fraction * n)]))
     return Subset
 
 
@@ -45,7 +41,8 @@ def main() -> None:
     for name in REUSED:
         if not (out / name).exists():
             os.symlink((src / name).resolve(), out / name)
-    trainer.Samples = subset_samples(fraction)  # pipeline.run imports it when called
+    # pipeline.run imports trainer.Samples when it is called, so the subset class takes its place
+    trainer.Samples = subset_samples(fraction)
     data_cfg = DataConfig(**json.loads((src / "data_config.json").read_text()))
     train_cfg = trainer.TrainConfig(epochs=epochs, batch_tokens=2048, lr=2e-3, checkpoint_every=every)
     heldout = Path(__file__).resolve().parents[2] / "examples" / "prompts" / "heldout.jsonl"

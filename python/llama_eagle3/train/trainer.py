@@ -74,6 +74,13 @@ class Samples:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def select(self, keep: np.ndarray) -> None:
+        """Keeps only the samples at indices `keep`, in that order."""
+        for name in ("tokens", "loss", "feats", "top_ids", "top_logp"):
+            values = getattr(self, name)
+            if values:
+                setattr(self, name, [values[i] for i in keep])
+
     def batches(self, idx: np.ndarray, batch_tokens: int, rng: Optional[np.random.Generator]):
         """Length-bucketed batches of sample indices, shuffled when rng is given."""
         order = idx[np.argsort([len(self.tokens[i]) for i in idx], kind="stable")]
