@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -15,7 +16,9 @@ from .checkpoint import write_safetensors
 
 
 def write_random_head(directory: Path, hidden: int, n_head: int, n_kv_head: int, intermediate: int, vocab: int,
-                      draft_vocab: int, rope_theta: float = 10000.0, seed: int = 0) -> Path:
+                      draft_vocab: int, rope_theta: float = 10000.0, seed: int = 0,
+                      draft_ids: Optional[np.ndarray] = None) -> Path:
+    """draft_ids: the sorted target ids of the draft vocabulary (default: draft_vocab random ones)."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     hd = hidden // n_head
@@ -24,7 +27,7 @@ def write_random_head(directory: Path, hidden: int, n_head: int, n_kv_head: int,
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
 
     ones = np.ones(hidden, np.float32)
-    ids = np.sort(rng.choice(vocab, draft_vocab, replace=False))
+    ids = np.sort(rng.choice(vocab, draft_vocab, replace=False)) if draft_ids is None else np.asarray(draft_ids)
     tensors = {
         "fc.weight": mat(hidden, 3 * hidden), "norm.weight": ones, "lm_head.weight": mat(draft_vocab, hidden),
         "midlayer.input_layernorm.weight": ones, "midlayer.hidden_norm.weight": ones,

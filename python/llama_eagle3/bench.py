@@ -88,10 +88,12 @@ class Upstream:
     prompt."""
 
     def __init__(self, binary: Path, model: str, head: str, n_max: int, threads: int, n_ctx: int,
-                 n_gpu_layers: int, template: llama_cpp.Llama):
+                 n_gpu_layers: int, template: llama_cpp.Llama, p_min: Optional[float] = None):
         ngl = str(n_gpu_layers if n_gpu_layers >= 0 else 999)  # llama-cpp-python's -1 ("all")
         self.cmd = [str(binary), "-m", model, "-md", head, "--spec-type", "draft-eagle3", "--spec-draft-n-max",
                     str(n_max), "-t", str(threads), "-c", str(n_ctx), "-fa", "on", "-ngl", ngl, "-ngld", ngl]
+        if p_min is not None:  # explicit: the simulated bench needs every round to draft n_max
+            self.cmd += ["--spec-draft-p-min", str(p_min)]
         self.template = template
 
     def run(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,

@@ -3,6 +3,7 @@
     llama-eagle3 chat [--model model.gguf --head head.gguf]      (default: SmolLM2 + its shipped head)
     llama-eagle3 train --model model.gguf --out heads/my-head [--prompts prompts.jsonl]
     llama-eagle3 bench --model model.gguf --head head.gguf --prompts prompts.jsonl [--json out.json]
+    llama-eagle3 bench --synthetic llama-8b --simulate-acceptance 0.5,0.7,0.9 --prompts prompts.jsonl
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+
+from .synthetic import QUANTS as SYNTHETIC_QUANTS, SHAPES as SYNTHETIC_SHAPES
 
 
 def _train(a: argparse.Namespace) -> None:
@@ -31,7 +34,30 @@ def _train(a: argparse.Namespace) -> None:
 def _bench(a: argparse.Namespace) -> None:
     from .bench import bench, chart, print_table, save
 
-    s = bench(a.model, a.head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
+    model, head = a.model, a.head
+    if a.synthetic:
+        from .synthetic import ensure
+
+        target, synthetic_head = ensure(a.synthetic, a.synthetic_quant)
+        model, head = str(target), str(head or synthetic_head)
+    if not model or not head:
+        sys.exit("llama-eagle3 bench: give --model and --head, or --synthetic SHAPE")
+    if a.simulate_acceptance:
+        from .bench_simulated import parse_acceptance, print_simulated, simulated_bench
+
+        try:
+            acceptance = parse_acceptance(a.simulate_acceptance)
+        except ValueError as e:
+            sys.exit(f"llama-eagle3 bench: {e}")
+        s = simulated_bench(model, head, Path(a.prompts), acceptance, a.max_tokens, a.draft_max, a.threads,
+                            n_gpu_layers=a.n_gpu_layers, max_prompts=a.max_prompts, upstream=a.upstream,
+                            upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k))
+        print_simulated(s)
+        save(s, a.json)
+        return
+    if a.synthetic:
+        sys.exit("llama-eagle3 bench: a synthetic model's text is random: use it with --simulate-acceptance")
+    s = bench(model, head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
               methods=tuple(m for m in a.methods.split(",") if m), tree=(a.tree_width, a.tree_nodes or 3 * a.draft_max),
               upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k),
               temperature=a.temperature, repeats=a.repeats, n_gpu_layers=a.n_gpu_layers)
@@ -100,9 +126,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3 (fixed chain, fixed tree, adaptive) "
                                      "[vs upstream llama.cpp's C++ EAGLE-3], interleaved, greedy")
-    b.add_argument("--model", required=True)
-    b.add_argument("--head", required=True)
+    b.add_argument("--model", default=None, help="target GGUF (or --synthetic)")
+    b.add_argument("--head", default=None, help="EAGLE-3 head GGUF (or --synthetic)")
     b.add_argument("--prompts", required=True, help=".txt or .jsonl prompts")
+    b.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts only")
+    b.add_argument("--simulate-acceptance", default=None,
+                   help="real costs, SIMULATED acceptance: comma-separated probabilities that draft position i is "
+                        "accepted given the ones before were (0.5,0.7,0.9), or per-position lists (0.73/0.71/0.67); "
+                        "methods: plain, chain-1..--draft-max, auto")
+    b.add_argument("--synthetic", default=None, choices=sorted(SYNTHETIC_SHAPES),
+                   help="a random-weight target and head of this published shape, written once into "
+                        "~/.cache/llama-eagle3/synthetic (costs real, text meaningless: with --simulate-acceptance)")
+    b.add_argument("--synthetic-quant", default="Q4_K_M", choices=SYNTHETIC_QUANTS)
     b.add_argument("--max-tokens", type=int, default=200)
     b.add_argument("--draft-max", type=int, default=4)
     b.add_argument("--p-min", type=float, default=0.0)

@@ -40,7 +40,7 @@ from .policy import DraftPolicy
 from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
 from .tree import DraftTree
-from .verifier import accept_chain, accept_tree
+from .verifier import SimulatedAcceptance, accept_chain, accept_tree
 
 from eagle3_convert.errors import ConversionError
 from eagle3_convert.gguf_io import check_head_gguf
@@ -85,6 +85,7 @@ class Llama(llama_cpp.Llama):
         self._generation: Optional[object] = None
         self._capture: Optional[FeatureCapture] = None
         self._stats = SpeculativeStats()
+        self._simulated: Optional[SimulatedAcceptance] = None  # benchmark only: see _bench_configure
         if eagle3_draft_max < 0:
             raise ValueError(f"eagle3_draft_max must be >= 0, got {eagle3_draft_max}")
         if not 0.0 <= eagle3_p_min <= 1.0:
@@ -233,6 +234,18 @@ class Llama(llama_cpp.Llama):
 
     def reset_speculative_stats(self) -> None:
         self._stats = SpeculativeStats()
+
+    def _bench_configure(self, policy: DraftPolicy, simulated: Optional[SimulatedAcceptance],
+                         stats: SpeculativeStats) -> None:
+        """Benchmark only (bench_simulated.py): the draft policy of later rounds (a fixed chain or a
+        calibrated adaptive one), simulated acceptance (None: real verification) and the counters
+        they add to. Chains only."""
+        if simulated is not None and self.eagle3_tree_width > 1:
+            raise ValueError("simulated acceptance is defined for chains only: use eagle3_tree_width=1")
+        if policy.k_max > self.eagle3_draft_max:
+            raise ValueError(f"a policy drafting up to {policy.k_max} needs eagle3_draft_max >= {policy.k_max}")
+        policy.graph_rebuilds = self._policy.graph_rebuilds
+        self._policy, self._simulated, self._stats = policy, simulated, stats
 
     # ---- KV state -------------------------------------------------------------------
 
@@ -418,7 +431,8 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = first_pos + i + 1  # logits processors see the prefix of this row
             return self._sampler.sample(self._ctx, i - n_rows)
 
-        committed = accept_chain(sample_row, drafts)
+        accept = accept_chain if self._simulated is None else self._simulated.accept_chain
+        committed = accept(sample_row, drafts)
         stats.sample_seconds += time.perf_counter() - t1
         n_accepted = len(committed) - 1
         self.n_tokens = n0 + len(batch)
@@ -429,8 +443,9 @@ class Llama(llama_cpp.Llama):
         elif len(pending) == 1:
             stats.record_round(0, 0)
             if probe:
-                stats.record_probe(probe[0] == committed[0])
-                policy.observe_probe(probe[0] == committed[0], draft_seconds)
+                hit = probe[0] == committed[0] if self._simulated is None else self._simulated.probe_hit()
+                stats.record_probe(hit)
+                policy.observe_probe(hit, draft_seconds)
             if policy.adaptive:
                 self._spec.forget(OFF_WINDOW)
         return committed, first_pos

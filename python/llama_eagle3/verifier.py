@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import random
+from typing import Callable, Sequence, Union
 
 from .tree import DraftTree
 
@@ -48,3 +49,47 @@ def accept_tree(sample_row: Callable[[int], int], tree: DraftTree) -> tuple[list
             return committed, path
         path.append(nxt)
         row = nxt + 1
+
+
+class SimulatedAcceptance:
+    """Benchmark only (`llama-eagle3 bench --simulate-acceptance`): real costs, simulated acceptance.
+
+    A round runs as usual (the head drafts, the target decodes the verify batch, the sampler samples
+    each row it would sample), but draft position i is accepted with probability alphas[i] (the
+    last value repeats for deeper positions) given that positions before it were, instead of by
+    comparing it with the target's sample. An accepted position commits the draft token, the first
+    rejected one commits that row's sample, so committed text is meaningless while every cost is
+    the real one. Probes (the policy's unverified one-token drafts while speculation is off) hit
+    with probability alphas[0]. Nothing here is lossless: never use it outside a benchmark."""
+
+    def __init__(self, alphas: Sequence[float], seed: Union[int, str] = 0):
+        if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+            raise ValueError(f"simulated acceptance needs probabilities in [0, 1], got {list(alphas)}")
+        self.alphas = list(alphas)
+        self._rng = random.Random(seed)
+
+    def alpha(self, i: int) -> float:
+        """P(draft position i + 1 accepted | positions 1..i accepted)."""
+        return self.alphas[min(i, len(self.alphas) - 1)]
+
+    def expected_tokens(self, k: int) -> float:
+        """E(k): tokens a chain of k commits per round at these probabilities (bonus included)."""
+        e, run = 1.0, 1.0
+        for i in range(k):
+            run *= self.alpha(i)
+            e += run
+        return e
+
+    def accept_chain(self, sample_row: Callable[[int], int], drafts: Sequence[int]) -> list[int]:
+        """accept_chain's contract and sampling calls, with the acceptances drawn."""
+        out: list[int] = []
+        for i in range(len(drafts) + 1):
+            y = sample_row(i)
+            if i == len(drafts) or self._rng.random() >= self.alpha(i):
+                out.append(y)
+                return out
+            out.append(drafts[i])
+        return out
+
+    def probe_hit(self) -> bool:
+        return self._rng.random() < self.alpha(0)

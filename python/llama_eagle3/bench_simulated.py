@@ -1,0 +1,212 @@
+"""`llama-eagle3 bench --simulate-acceptance 0.5,0.7,0.9`: real costs, simulated acceptance.
+
+Answers "how much faster would EAGLE-3 be on this machine with this model, for a head that
+accepts alpha": every method runs its real rounds (the head drafts, the target decodes the verify
+batch, the sampler samples the rows), but each draft position is accepted with the given
+probability (verifier.SimulatedAcceptance), so committed text is meaningless and every time is
+real. With --synthetic the model and head are random ones of a published size (synthetic.py).
+
+Methods, interleaved prompt by prompt (the order rotates) on two instances: plain
+llama-cpp-python, and one EAGLE-3 instance that runs a fixed chain of k = 1..draft_max every
+round (chain-k) and the adaptive policy (auto, chains only: a tree's acceptance is not defined
+by per-position probabilities) by swapping its draft policy; every run starts from a reset
+context, so each pays its own prompt. Auto starts each alpha from its start-up calibration,
+as a fresh process would. Next to each measured rate the cost model's prediction
+E(k) / (T(k+1) + k c), from the T(n) and head step c measured in the same run (decode and
+head time only: prompt, sampling and the loop are not in it).
+
+Upstream llama.cpp's C++ EAGLE-3 cannot be given simulated acceptance: it runs once per n-max
+with its real acceptance (~0 with a random head: every round commits one token, so its rate is
+its cost per round) and is projected to each alpha as that rate times E(k), labelled projected.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from pathlib import Path
+from typing import Optional
+
+import llama_cpp
+
+from .bench import Upstream, _device, _run
+from .llama import Llama
+from .policy import DraftPolicy
+from .stats import SpeculativeStats
+from .train.prompts import load_prompts
+from .verifier import SimulatedAcceptance
+
+
+def parse_acceptance(spec: str) -> list[list[float]]:
+    """'0.5,0.7,0.9' -> [[0.5], [0.7], [0.9]]; '0.73/0.71/0.67' -> one per-position list."""
+    out = []
+    for item in (s for s in spec.split(",") if s.strip()):
+        try:
+            alphas = [float(a) for a in item.split("/")]
+        except ValueError:
+            raise ValueError(f"--simulate-acceptance takes probabilities such as 0.5,0.7 or 0.73/0.71/0.67, "
+                             f"got {item!r}") from None
+        SimulatedAcceptance(alphas)  # validates
+        out.append(alphas)
+    if not out:
+        raise ValueError("--simulate-acceptance needs at least one probability")
+    return out
+
+
+def _label(alphas: list[float]) -> str:
+    return "/".join(f"{a:g}" for a in alphas)
+
+
+class _SpecMethods:
+    """One EAGLE-3 instance running chain-1..chain-K and auto by swapping its policy and stats."""
+
+    def __init__(self, llm: Llama, k_max: int):
+        self.llm, self.k_max = llm, k_max
+        self.calibrated = copy.deepcopy(llm._policy)  # auto right after start-up calibration
+        self.names = [f"chain-{k}" for k in range(1, k_max + 1)] + ["auto"]
+
+    def start(self, label: str) -> None:
+        """Fresh policies, stats and acceptance draws for one simulated alpha."""
+        self.policies = {f"chain-{k}": DraftPolicy(k, adaptive=False) for k in range(1, self.k_max + 1)}
+        self.policies["auto"] = copy.deepcopy(self.calibrated)
+        self.stats = {name: SpeculativeStats() for name in self.names}
+        self.label = label
+
+    def run(self, name: str, alphas: list[float], messages: list[dict], max_tokens: int,
+            seed: int) -> tuple[int, float]:
+        sim = SimulatedAcceptance(alphas, seed=f"{self.label}/{name}/{seed}")
+        self.llm._bench_configure(self.policies[name], sim, self.stats[name])
+        self.llm.reset()
+        _, n, dt, _ = _run(self.llm, messages, max_tokens, 0.0, seed)
+        return n, dt
+
+
+def predicted_rate(decode_ms: dict, step_ms: Optional[float], sim: SimulatedAcceptance, k: int) -> Optional[float]:
+    """E(k) / (T(k+1) + k c) in tokens/s from measured costs (ms); None where one is missing."""
+    t = decode_ms.get(k + 1)
+    if t is None or (k > 0 and step_ms is None):
+        return None
+    return 1e3 * sim.expected_tokens(k) / (t + k * (step_ms or 0.0))
+
+
+def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[list[float]],
+                    max_tokens: int = 128, draft_max: int = 4, threads: int = 2, n_ctx: int = 2048,
+                    n_gpu_layers: int = 0, max_prompts: Optional[int] = None, upstream: Optional[Path] = None,
+                    upstream_n_max: tuple[int, ...] = (), log=print) -> dict:
+    """Returns the summary: per alpha label, tokens/s per method (measured), the cost model's
+    prediction, the best fixed shape (plain counts) and auto's ratio to it."""
+    if draft_max < 1:
+        raise ValueError(f"--draft-max must be >= 1 for a simulated bench, got {draft_max}")
+    if upstream_n_max and (upstream is None or not Path(upstream).is_file()):
+        raise ValueError(f"--upstream must be the path of llama-speculative-simple, got {upstream}")
+    convs = load_prompts(prompts_file)[:max_prompts]
+    common = dict(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False, flash_attn=True)
+    plain = llama_cpp.Llama(model, **common)
+    spec = _SpecMethods(Llama(model, eagle3_head=head, eagle3_draft_max=draft_max, eagle3_p_min=0.0,
+                              eagle3_tree_width=1, **common), draft_max)
+    order = ["plain", *spec.names]
+    for llm in (plain, spec.llm):  # warm-up
+        _run(llm, [{"role": "user", "content": "Hi"}], 8)
+    summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(convs),
+                     "max_tokens": max_tokens, "draft_max": draft_max, "threads": threads,
+                     "n_gpu_layers": n_gpu_layers, "device": _device(), "methods": order,
+                     "calibration": spec.calibrated.snapshot(), "simulated": {}}
+    for alphas in acceptance:
+        label = _label(alphas)
+        spec.start(label)
+        tokens = {m: 0 for m in order}
+        seconds = {m: 0.0 for m in order}
+        for i, messages in enumerate(convs):
+            rot = order[i % len(order):] + order[: i % len(order)]
+            for name in rot:
+                if name == "plain":
+                    plain.reset()
+                    _, n, dt, _ = _run(plain, messages, max_tokens, 0.0, i)
+                else:
+                    n, dt = spec.run(name, alphas, messages, max_tokens, i)
+                tokens[name] += n
+                seconds[name] += dt
+        summary["simulated"][label] = _alpha_summary(alphas, order, tokens, seconds, spec)
+        log(f"simulated acceptance {label}: " + "  ".join(
+            f"{m} {summary['simulated'][label]['tokens_per_second'][m]:.1f}" for m in order) + " tok/s")
+    if upstream_n_max:
+        summary["upstream"] = _upstream(upstream, model, head, convs, max_tokens, threads, n_ctx, n_gpu_layers,
+                                        upstream_n_max, plain, summary["simulated"])
+    return summary
+
+
+def _alpha_summary(alphas: list[float], order: list[str], tokens: dict, seconds: dict, spec: _SpecMethods) -> dict:
+    sim = SimulatedAcceptance(alphas)
+    rate = {m: tokens[m] / seconds[m] for m in order}
+    # costs measured in this alpha's runs: T(k+1) and c from chain-k, T(1) from auto (calibration
+    # and its refreshes); later measurements of a row count replace earlier ones
+    decode_ms: dict = dict(spec.policies["auto"].snapshot()["decode_ms"])
+    steps = []
+    for k in range(1, spec.k_max + 1):
+        snap = spec.policies[f"chain-{k}"].snapshot()
+        decode_ms.update({n: ms for n, ms in snap["decode_ms"].items() if n > 1})
+        if snap["draft_step_ms"] is not None:
+            steps.append(snap["draft_step_ms"])
+    step = statistics.median(steps) if steps else None
+    predicted = {"plain": predicted_rate(decode_ms, step, sim, 0)}
+    predicted.update({f"chain-{k}": predicted_rate(decode_ms, step, sim, k) for k in range(1, spec.k_max + 1)})
+    known = [p for p in predicted.values() if p is not None]
+    predicted["auto"] = max(known) if known else None  # the model's own optimum
+    fixed = [m for m in order if m != "auto"]
+    best = max(fixed, key=lambda m: rate[m])
+    stats = {m: spec.stats[m].as_dict() for m in spec.names}
+    return {"simulated": True, "acceptance": alphas,
+            "expected_tokens": {k: round(sim.expected_tokens(k), 4) for k in range(spec.k_max + 1)},
+            "tokens_per_second": rate, "predicted_tokens_per_second": predicted,
+            "best_fixed": best, "auto_vs_best_fixed": rate["auto"] / rate[best],
+            "costs_ms": {"decode": decode_ms, "draft_step": step},
+            "mean_accepted_length": {m: round(stats[m]["mean_accepted_length"], 3) for m in spec.names},
+            "auto": {k: stats["auto"][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")},
+            "auto_policy": spec.policies["auto"].snapshot()}
+
+
+def _upstream(binary: Path, model: str, head: str, convs: list, max_tokens: int, threads: int, n_ctx: int,
+              n_gpu_layers: int, n_maxes: tuple[int, ...], template: llama_cpp.Llama, simulated: dict) -> dict:
+    """Upstream at each n-max with its real acceptance (p_min 0: it drafts n-max every round), and
+    its rate projected to each simulated alpha: measured rate x E(k) / measured tokens per round."""
+    out = {}
+    for k in n_maxes:
+        up = Upstream(binary, model, head, k, threads, n_ctx, n_gpu_layers, template, p_min=0.0)
+        n_tok, sec, drafted, accepted = 0, 0.0, 0, 0
+        for i, messages in enumerate(convs):
+            _, n, dt, counts = up.run(messages, max_tokens, 0.0, i)
+            n_tok, sec = n_tok + n, sec + dt
+            drafted, accepted = drafted + counts.get("n_drafted", 0), accepted + counts.get("n_accept", 0)
+        rounds = drafted / k if drafted else n_tok
+        per_round = n_tok / max(rounds, 1)  # tokens committed per round at its real acceptance
+        measured = n_tok / sec
+        out[f"upstream-n{k}"] = {
+            "measured_tokens_per_second": measured, "real_acceptance": accepted / drafted if drafted else 0.0,
+            "projected_tokens_per_second": {
+                label: measured * SimulatedAcceptance(s["acceptance"]).expected_tokens(k) / per_round
+                for label, s in simulated.items()}}
+    return out
+
+
+def print_simulated(s: dict, log=print) -> None:
+    log(f"\nSIMULATED acceptance, real costs: {s['n_prompts']} prompts, {s['max_tokens']} max new tokens, "
+        f"greedy, {s['threads']} threads, n_gpu_layers {s['n_gpu_layers']}; chain-k drafts k every round, auto "
+        f"adapts (chains <= {s['draft_max']}); predicted = E(k) / (T(k+1) + k c) from the costs measured in the run")
+    for label, a in s["simulated"].items():
+        plain = a["tokens_per_second"]["plain"]
+        log(f"\nalpha {label} (simulated): E(k) = {list(a['expected_tokens'].values())}; measured T(n) ms "
+            f"{a['costs_ms']['decode']}, head step {a['costs_ms']['draft_step']} ms")
+        log(f"{'method':<16}{'tokens/s':>10}{'vs plain':>10}{'predicted':>11}{'MAL':>7}")
+        for m, r in a["tokens_per_second"].items():
+            p = a["predicted_tokens_per_second"].get(m)
+            mal = a["mean_accepted_length"].get(m)
+            log(f"{m:<16}{r:>10.1f}{r / plain:>9.2f}x{'' if p is None else f'{p:.1f}':>11}"
+                f"{'' if mal is None else f'{mal:.2f}':>7}")
+        for name, u in s.get("upstream", {}).items():
+            pr = u["projected_tokens_per_second"][label]
+            log(f"{name:<16}{pr:>10.1f}{pr / plain:>9.2f}x  (projected from {u['measured_tokens_per_second']:.1f} "
+                f"tok/s at its real acceptance {u['real_acceptance']:.2f})")
+        au = a["auto"]
+        log(f"best fixed shape: {a['best_fixed']}; auto / best fixed = {a['auto_vs_best_fixed']:.3f} "
+            f"(auto: {au['rounds']} verify rounds, {au['plain_steps']} plain steps, drafts per position "
+            f"{au['drafted_at']})")
