@@ -135,7 +135,8 @@ def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
           p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = DEFAULT_METHODS,
           tree: tuple[int, int] = (3, 12), upstream: Optional[Path] = None, upstream_n_max: tuple[int, ...] = (),
-          temperature: float = 0.0, repeats: int = 1, n_gpu_layers: int = 0, log=print) -> dict:
+          temperature: float = 0.0, repeats: int = 1, n_gpu_layers: int = 0, max_prompts: Optional[int] = None,
+          log=print) -> dict:
     """eagle3: a chain of draft_max every round (p_min cut-off); tree: a tree of (width, nodes) and
     depth draft_max every round; auto: the adaptive policy with the same bounds, trees included;
     upstream-nK: llama-speculative-simple at --spec-draft-n-max K. temperature > 0 samples with
@@ -143,7 +144,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     seed for seed). repeats > 1 runs each prompt that many times per method and keeps the fastest
     (a run slowed by another process on the machine then does not decide the worst prompt).
     n_gpu_layers goes to every method, the head included (-1: all; CPU builds ignore it).
-    Returns the summary (per-prompt rows under "rows")."""
+    max_prompts: the first that many prompts only. Returns the summary (per-prompt rows under "rows")."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     unknown = set(methods) - set(METHODS)
@@ -151,7 +152,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         raise ValueError(f"unknown bench methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if upstream_n_max and (upstream is None or not Path(upstream).is_file()):
         raise ValueError(f"--upstream must be the path of llama-speculative-simple, got {upstream}")
-    convs = load_prompts(prompts_file)
+    convs = load_prompts(prompts_file)[:max_prompts]
     common = dict(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False, flash_attn=True)
     order = [m for m in METHODS if m in methods]
     llms: dict = {name: _make(name, model, head, draft_max, p_min, tree, common) for name in order}

@@ -17,7 +17,8 @@ head time only: prompt, sampling and the loop are not in it).
 
 Upstream llama.cpp's C++ EAGLE-3 cannot be given simulated acceptance: it runs once per n-max
 with its real acceptance (~0 with a random head: every round commits one token, so its rate is
-its cost per round) and is projected to each alpha as that rate times E(k), labelled projected.
+its cost per round) on the first UPSTREAM_PROMPTS prompts, and is projected to each alpha as
+that rate times E(k), labelled projected.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .policy import DraftPolicy
 from .stats import SpeculativeStats
 from .train.prompts import load_prompts
 from .verifier import SimulatedAcceptance
+
+UPSTREAM_PROMPTS = 2  # prompts upstream runs per n-max (one process each)
 
 
 def parse_acceptance(spec: str) -> list[list[float]]:
@@ -130,8 +133,9 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
         log(f"simulated acceptance {label}: " + "  ".join(
             f"{m} {summary['simulated'][label]['tokens_per_second'][m]:.1f}" for m in order) + " tok/s")
     if upstream_n_max:
-        summary["upstream"] = _upstream(upstream, model, head, convs, max_tokens, threads, n_ctx, n_gpu_layers,
-                                        upstream_n_max, plain, summary["simulated"])
+        # its cost per round needs few prompts, and each of its runs loads the model again
+        summary["upstream"] = _upstream(upstream, model, head, convs[:UPSTREAM_PROMPTS], max_tokens, threads, n_ctx,
+                                        n_gpu_layers, upstream_n_max, plain, summary["simulated"])
     return summary
 
 

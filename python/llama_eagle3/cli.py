@@ -60,7 +60,7 @@ def _bench(a: argparse.Namespace) -> None:
     s = bench(model, head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
               methods=tuple(m for m in a.methods.split(",") if m), tree=(a.tree_width, a.tree_nodes or 3 * a.draft_max),
               upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k),
-              temperature=a.temperature, repeats=a.repeats, n_gpu_layers=a.n_gpu_layers)
+              temperature=a.temperature, repeats=a.repeats, n_gpu_layers=a.n_gpu_layers, max_prompts=a.max_prompts)
     print_table(s)
     save(s, a.json)
     if a.png is not None:
