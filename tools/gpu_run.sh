@@ -2,9 +2,10 @@
 # The one-shot GPU run (docs/performance.md, "On a GPU"): what a session that is lent the device
 # runs, stage by stage, from the repository root of a machine with CUDA, torch and pip but no
 # network. Everything it installs comes from .gpu/ (ignored by git, carried by the device tool):
-#   .gpu/llama_cpp_python-0.3.36-*.whl  llama-cpp-python built with CUDA (tools/gpu_prepare.sh), or
-#   .gpu/sdist-trim.tar.xz              its sdist, trimmed, built here when no wheel loads
-#   .gpu/bin/llama-speculative-simple   upstream's C++ EAGLE-3 from the same build (optional)
+#   .gpu/llama-cpp-cuda.tar.xz          llama-cpp-python 0.3.36 built with CUDA for sm_90 elsewhere:
+#                                       llama_cpp/ (one copy of each library), include/, and
+#                                       bin/llama-speculative-simple (upstream's C++ EAGLE-3), or
+#   .gpu/sdist-trim.tar.xz              its sdist, trimmed, built here when the bundle does not load
 #   .gpu/gguf-*.whl .gpu/diskcache-*.whl pure-Python dependencies the machine lacks
 #   .gpu/smollm2.part-*                 SmolLM2-135M-Instruct Q4_1 in parts (collected across calls)
 # State persists in /tmp/le3 while the machine stays warm, so later calls skip finished set-up.
@@ -28,10 +29,11 @@ PY=${PYTHON:-python3}
 mkdir -p "$W" "$SITE" "$OUT" "$W/parts"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HOME=$W
 log() { echo "[$(date +%T)] $*"; }
+[ -f "$W/env" ] && . "$W/env"  # library paths found by an earlier call's set-up
 
 upstream_bin() {  # a wrapper that finds the build's libraries
   local bin=""
-  for b in "$G/bin/llama-speculative-simple" "$W/lcpp-build/bin/llama-speculative-simple"; do
+  for b in "$SITE/bin/llama-speculative-simple" "$W/lcpp-build/bin/llama-speculative-simple"; do
     [ -x "$b" ] && bin=$b && break
   done
   [ -n "$bin" ] || return 1
@@ -46,10 +48,11 @@ setup() {
   log "setup: $($PY --version), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$G"/gguf-*.whl "$G"/diskcache-*.whl
   local gpu_ok=0
-  if ls "$G"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$G"/llama_cpp_python-*.whl
+  if [ -f "$G/llama-cpp-cuda.tar.xz" ]; then
+    tar xJf "$G/llama-cpp-cuda.tar.xz" -C "$SITE"
+    find_cuda_libraries
     "$PY" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" && gpu_ok=1
-    [ $gpu_ok = 1 ] && log "prebuilt CUDA wheel loads" || log "prebuilt wheel does not load: building"
+    [ $gpu_ok = 1 ] && log "prebuilt CUDA build loads" || log "prebuilt CUDA build does not load: building"
   fi
   if [ $gpu_ok = 0 ]; then
     rm -rf "$SITE"/llama_cpp "$SITE"/llama_cpp_python-*
@@ -65,6 +68,19 @@ setup() {
     || { log "llama-eagle3 build failed"; return 1; }
   "$PY" -c "import llama_cpp, llama_eagle3; print('llama_cpp', llama_cpp.__version__, 'gpu offload',
     llama_cpp.llama_supports_gpu_offload())"
+}
+
+find_cuda_libraries() {  # the CUDA runtime and cuBLAS the prebuilt libraries were linked against
+  local lib=$SITE/llama_cpp/lib/libggml-cuda.so d
+  ldd "$lib" | grep "not found" || return 0
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+      $("$PY" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'lib'))" 2>/dev/null); do
+    [ -d "$d" ] || continue
+    export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    ldd "$lib" | grep -q "not found" || break
+  done
+  echo "export LD_LIBRARY_PATH=$LD_LIBRARY_PATH" > "$W/env"
+  log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$lib" | grep -E "cudart|cublas|libcuda|not found"
 }
 
 diagnose() {
