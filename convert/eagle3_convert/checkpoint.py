@@ -55,6 +55,9 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if isinstance(info, dict) and str(info.get("dtype", "")).startswith(("F8", "F6", "F4", "E8")):
+            raise ConversionError(f"unsupported head: a quantized export (tensor {name} is {info['dtype']} in {path}); "
+                                  f"convert the unquantized (bf16/fp16/fp32) head")
         try:
             dtype, size = _ST_DTYPES[info["dtype"]]
             shape = [int(s) for s in info["shape"]]

@@ -21,16 +21,18 @@ from .target import load_target
 
 
 def reference_roundtrip(original: Eagle3Head, written: Eagle3Head, n: int = 8, seed: int = 0) -> float:
-    """Max relative difference of the reference outputs of the two heads on random inputs."""
+    """Max relative difference of the reference outputs of the two heads on random inputs, at
+    positions spread over the context (so that RoPE scaling of low frequencies shows)."""
     rng = np.random.default_rng(seed)
     c = original.config
     f = rng.standard_normal((n, 3 * c.target_hidden_size))
     emb = rng.standard_normal((n, c.hidden_size))
     lm = None if original.lm_head is not None else rng.standard_normal((c.draft_vocab_size, c.hidden_size))
+    pos = np.linspace(0, c.max_position_embeddings - 1, n).astype(np.int64)
     out = []
     for head in (original, written):
         g = encode(head, head.config, f)
-        logits, h = decode(head, head.config, emb, g, np.arange(n), lm_head=lm)
+        logits, h = decode(head, head.config, emb, g, pos, lm_head=lm)
         out.append((g, logits, h))
     return max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)) for a, b in zip(*out))
 
@@ -40,6 +42,8 @@ def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", c
     tgt = load_target(target)
     head = load_hf_head(head_path, tgt, convention, target_layers)  # type: ignore[arg-type]
     check_against_target(head.config, tgt, head.embed_tokens is not None)
+    for note in head.extra["notes"]:
+        log(note if note.startswith("warning:") else f"note: {note}")
     log(f"layout: {head.extra['layout']}; target layers {list(head.config.target_layers)} "
         f"(llama.cpp 'input of layer' ids): {head.extra['layer_ids']}")
     log(f"target: {tgt.arch}, {tgt.n_layer} layers, hidden {tgt.n_embd}, vocab {tgt.n_vocab}; head hidden "

@@ -5,7 +5,12 @@ Conventions of the file:
     llama GGUFs because eagle3 uses RoPE type NORM;
   - d2t holds ABSOLUTE target ids as I64; t2d is not stored;
   - the target's tokenizer keys are copied (llama.cpp needs the vocabulary);
-  - eagle3.target_layers uses the "input of layer" convention.
+  - eagle3.target_layers uses the "input of layer" convention;
+  - RoPE scaling through llama.cpp's generic keys, which its eagle3 loader honours:
+    llama3 as the rope_freqs tensor (divisors per frequency), linear and yarn as
+    eagle3.rope.scaling.{type,factor,original_context_length,attn_factor}. llama.cpp
+    multiplies YaRN's cos/sin by get_mscale(factor) * attn_factor, so attn_factor holds
+    HF's attention_factor / get_mscale(factor).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 from .errors import ConversionError
 from .gguf_header import read_gguf_header
 from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
+from .hf_config import yarn_mscale
 from .reference import rope_factors
 from .target import TargetInfo, dequantize_tensor, gguf_metadata, open_gguf
 
@@ -107,6 +113,7 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     w.add_uint32(f"{ARCH}.target_hidden_size", c.target_hidden_size)
     w.add_bool(f"{ARCH}.norm_before_residual", c.norm_before_residual)
     w.add_bool(f"{ARCH}.norm_before_fc", c.norm_before_fc)
+    _write_rope_scaling(w, c)
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[outtype])
     for key, value in target.tokenizer.items():
         write_kv(w, key, value)
@@ -132,6 +139,33 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _write_rope_scaling(w: Any, c: Eagle3Config) -> None:
+    s = c.rope_scaling or {}
+    kind = s.get("rope_type")
+    if kind not in ("linear", "yarn"):
+        return  # none, or llama3 / freqs: the rope_freqs tensor
+    w.add_string(f"{ARCH}.rope.scaling.type", kind)
+    w.add_float32(f"{ARCH}.rope.scaling.factor", float(s["factor"]))
+    if kind == "yarn":
+        w.add_uint32(f"{ARCH}.rope.scaling.original_context_length", int(s["original_max_position_embeddings"]))
+        w.add_float32(f"{ARCH}.rope.scaling.attn_factor", float(s["attention_factor"]) / yarn_mscale(float(s["factor"])))
+
+
+def _read_rope_scaling(meta: dict[str, Any]) -> Optional[dict]:
+    kind = meta.get(f"{ARCH}.rope.scaling.type", "none")
+    if kind in ("none", "linear") and float(meta.get(f"{ARCH}.rope.scaling.factor", 1.0)) == 1.0:
+        return None
+    factor = float(meta.get(f"{ARCH}.rope.scaling.factor", 1.0))
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": factor}
+    if kind == "yarn":
+        attn = float(meta.get(f"{ARCH}.rope.scaling.attn_factor", 1.0)) * yarn_mscale(factor)
+        return {"rope_type": "yarn", "factor": factor, "attention_factor": attn,
+                "original_max_position_embeddings": int(meta.get(f"{ARCH}.rope.scaling.original_context_length",
+                                                                 meta.get(f"{ARCH}.context_length", 4096)))}
+    raise ConversionError(f"key {ARCH}.rope.scaling.type is {kind!r}: this converter writes none, linear or yarn")
 
 
 def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) -> Eagle3Config:
@@ -166,6 +200,7 @@ def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) ->
         max_position_embeddings=int(meta.get(f"{ARCH}.context_length", 4096)),
         norm_before_residual=bool(meta.get(f"{ARCH}.norm_before_residual", False)),
         norm_before_fc=bool(meta.get(f"{ARCH}.norm_before_fc", False)),
+        rope_scaling=_read_rope_scaling(meta),
     )
 
 
@@ -195,6 +230,9 @@ def read_head_gguf(path: Path) -> Eagle3Head:
     by_name = {t.name: t for t in reader.tensors}
     d2t = by_name.get("d2t")
     config = _check_layout(path, gguf_metadata(reader), set(by_name), int(d2t.shape[0]) if d2t is not None else 0)
+    if "rope_freqs.weight" in by_name:
+        config.rope_scaling = {"rope_type": "freqs",
+                               "factors": dequantize_tensor(by_name["rope_freqs.weight"]).astype(float).tolist()}
     tensors = {f: dequantize_tensor(by_name[n]) for f, n in TENSOR_NAMES.items() if n in by_name}
     for k in tensors:
         tensors[k] = tensors[k].astype(np.int64 if k == "d2t" else np.float32)

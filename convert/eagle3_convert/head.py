@@ -33,7 +33,7 @@ class Eagle3Config:
     draft_vocab_size: int               # Vd (== vocab_size when there is no d2t)
     target_layers: tuple[int, int, int]
     max_position_embeddings: int = 4096
-    rope_scaling: Optional[dict] = None  # None, or HF "llama3" scaling
+    rope_scaling: Optional[dict] = None  # None or canonical scaling (hf_config.py: llama3, linear, yarn, freqs)
     norm_before_residual: bool = False
     norm_before_fc: bool = False
 
@@ -133,6 +133,10 @@ def check_against_target(config: Eagle3Config, target: "TargetInfo", has_embed_t
                               f"this head was trained for another model")
     if config.vocab_size != target.n_vocab:
         raise ConversionError(f"head vocab_size {config.vocab_size} differs from the {target.n_vocab} tokens of {where}")
+    if target.n_layer in config.target_layers:
+        raise ConversionError(f"target_layers {list(config.target_layers)}: id {target.n_layer} taps the output of the "
+                              f"last layer of {where}, which llama.cpp reduces to the rows that return logits, so "
+                              f"this runtime cannot capture it at every position (it needs ids 1..{target.n_layer - 1})")
     bad = [i for i in config.target_layers if not 1 <= i <= target.n_layer - 1]
     if bad:
         raise ConversionError(f"target_layers {list(config.target_layers)}: id(s) {bad} are outside 1..{target.n_layer - 1} "
