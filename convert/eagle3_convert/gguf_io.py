@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
@@ -76,17 +76,63 @@ def write_kv(w: Any, key: str, value: Any) -> None:
         w.add_string(key, str(value))
 
 
-def _encode_tensor(name: str, w: np.ndarray, outtype: OutType) -> tuple[np.ndarray, Any]:
+def _encoding(name: str, shape: tuple[int, ...], outtype: OutType) -> tuple[Any, Any]:
+    """(numpy dtype, gguf quantization type or None) a canonical tensor is written as."""
     import gguf
 
+    if name == "d2t":
+        return np.int64, None
     if name not in _MATRICES or outtype == "f32":
-        return np.ascontiguousarray(w, dtype=np.float32), None
-    if outtype == "f16":
-        return np.ascontiguousarray(w, dtype=np.float16), None
-    qtype = gguf.GGMLQuantizationType.BF16 if outtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
-    if outtype == "q8_0" and w.shape[-1] % 32:
-        return np.ascontiguousarray(w, dtype=np.float16), None  # Q8_0 needs rows of 32k values
-    return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype), qtype
+        return np.float32, None
+    if outtype == "f16" or (outtype == "q8_0" and shape[-1] % 32):  # Q8_0 needs rows of 32k values
+        return np.float16, None
+    return np.uint8, gguf.GGMLQuantizationType.BF16 if outtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
+
+
+def _encode_tensor(w: np.ndarray, dtype: Any, qtype: Any) -> np.ndarray:
+    import gguf
+
+    if qtype is None:
+        return np.ascontiguousarray(w, dtype=dtype)
+    return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype)
+
+
+def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...], Callable[[], np.ndarray]]]:
+    """(canonical field, GGUF name, shape, a function giving the tensor in file orientation); the
+    functions run one at a time while writing, so at most one converted copy exists at once."""
+    c = head.config
+    n_heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
+    out = []
+    for field_name, tensor_name in TENSOR_NAMES.items():
+        t = getattr(head, field_name)
+        if t is None:
+            continue
+        get = (lambda t=t, n=n_heads[field_name]: permute_qk(t, n)) if field_name in n_heads else (lambda t=t: t)
+        out.append((field_name, tensor_name, tuple(t.shape), get))
+    f = rope_factors(c)
+    if f is not None:
+        out.append(("rope_freqs", "rope_freqs.weight", f.shape, lambda: f.astype(np.float32)))
+    return out
+
+
+def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType) -> None:
+    """Tensor infos first (shapes and sizes need no data), then the data one tensor at a time."""
+    import gguf
+
+    plan = []
+    for field_name, name, shape, get in _tensors_to_write(head):
+        dtype, qtype = _encoding(field_name, shape, outtype)
+        if qtype is None:
+            w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        else:
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
+            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=qtype)
+        plan.append((get, dtype, qtype))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for get, dtype, qtype in plan:
+        w.write_tensor_data(_encode_tensor(get(), dtype, qtype))
 
 
 def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype: OutType = "f16",
@@ -118,26 +164,7 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     for key, value in target.tokenizer.items():
         write_kv(w, key, value)
 
-    for field_name, tensor_name in TENSOR_NAMES.items():
-        t = getattr(head, field_name)
-        if t is None:
-            continue
-        if field_name == "d2t":
-            w.add_tensor(tensor_name, np.ascontiguousarray(t, dtype=np.int64))
-            continue
-        if field_name == "q_proj":
-            t = permute_qk(t, c.num_attention_heads)
-        elif field_name == "k_proj":
-            t = permute_qk(t, c.num_key_value_heads)
-        data, raw = _encode_tensor(field_name, t, outtype)
-        w.add_tensor(tensor_name, data, raw_dtype=raw)
-    f = rope_factors(c)
-    if f is not None:
-        w.add_tensor("rope_freqs.weight", f.astype(np.float32))
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    _write_tensors(w, head, outtype)
     w.close()
 
 
