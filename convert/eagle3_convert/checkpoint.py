@@ -8,6 +8,7 @@ as int64, bool as bool.
 from __future__ import annotations
 
 import json
+import mmap
 import pickle
 import struct
 import zipfile
@@ -30,15 +31,27 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
 
 
 def _normalise(a: np.ndarray) -> np.ndarray:
+    """float32 / int64 / bool; a tensor already in that type stays a view of its file mapping."""
     if a.dtype.kind == "f":
-        return a.astype(np.float32)
+        return a.astype(np.float32, copy=False)
     if a.dtype.kind in "iu":
-        return a.astype(np.int64)
+        return a.astype(np.int64, copy=False)
     return a
 
 
+def _map(path: Path) -> Any:
+    """The file's bytes, memory-mapped: tensors are paged in when converted, never read whole."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot read the weights ({e})") from None
+
+
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
+    data = _map(path)
     if len(data) < 8:
         raise ConversionError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
     (n,) = struct.unpack("<Q", data[:8])
@@ -50,7 +63,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise ConversionError(f"{path}: corrupt safetensors header (not a JSON object)")
-    body = memoryview(data)[8 + n :]
+    base, size_body = 8 + n, len(data) - 8 - n
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -65,14 +78,11 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         except (KeyError, TypeError, ValueError):
             raise ConversionError(f"{path}: tensor {name!r} has a malformed or unsupported header entry {info!r}") from None
         count = int(np.prod(shape)) if shape else 1
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(body) or end - begin != count * size:
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= size_body or end - begin != count * size:
             raise ConversionError(f"{path}: tensor {name!r} has offsets {begin}..{end} that do not fit its shape {shape} "
                                   f"or the file (truncated?)")
-        raw = body[begin:end]
-        if dtype == "bf16":
-            arr = _bf16_to_f32(np.frombuffer(raw, dtype="<u2"))
-        else:
-            arr = np.frombuffer(raw, dtype=dtype)
+        raw = np.frombuffer(data, dtype="<u2" if dtype == "bf16" else dtype, count=count, offset=base + begin)
+        arr = _bf16_to_f32(raw) if dtype == "bf16" else raw
         out[name] = _normalise(arr.reshape(shape))
     return out
 
