@@ -455,10 +455,10 @@ def test_quirk_greedy_identical(name, tmp_path, targets, n_vocab):
     out, _ = run_convert(QUIRKS[name], tmp_path, targets["llama"], n_vocab)
     plain = plain_llm(targets["llama"])
     spec = spec_llm(targets["llama"], out, eagle3_draft_max=3)
-    for prompt in ("the cat", "in the beginning of the"):
-        a = plain(prompt, max_tokens=40, temperature=0.0)["choices"][0]["text"]
-        b = spec(prompt, max_tokens=40, temperature=0.0)["choices"][0]["text"]
-        assert a == b, prompt
+    prompt = "in the beginning of the"
+    a = plain(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
+    b = spec(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
+    assert a == b
     assert spec.speculative_stats()["drafted"] > 0
     spec.close()
     plain.close()

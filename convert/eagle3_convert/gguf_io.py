@@ -26,7 +26,7 @@ from .gguf_header import read_gguf_header
 from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
 from .hf_config import yarn_mscale
 from .reference import rope_factors
-from .target import TargetInfo, dequantize_tensor, gguf_metadata, open_gguf
+from .target import TargetInfo
 
 ARCH = "eagle3"
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
@@ -250,22 +250,59 @@ def _check_layout(path: Path, meta: dict[str, Any], tensor_names: set[str], d2t_
     return config
 
 
+class GgufWeights:
+    """A head GGUF's weights read on demand from the memory-mapped file: an attribute named like an
+    Eagle3Head field is that tensor (HF orientation, float32, q/k un-permuted; d2t int64; None when
+    absent), `rows` reads only some rows. The converter's read-back check runs on it, so it never
+    holds a second copy of the head."""
+
+    def __init__(self, path: Path):
+        header = read_gguf_header(Path(path))
+        self.path, self._tensors, self._size = header.path, header.tensors, header.size
+        d2t = self._tensors.get("d2t")
+        self.config = _check_layout(self.path, header.meta, set(self._tensors), d2t.ne[0] if d2t is not None else 0)
+        if "rope_freqs.weight" in self._tensors:
+            self.config.rope_scaling = {"rope_type": "freqs",
+                                        "factors": self._read("rope_freqs.weight").astype(float).tolist()}
+
+    def has(self, field_name: str) -> bool:
+        return TENSOR_NAMES[field_name] in self._tensors
+
+    def __getattr__(self, field_name: str) -> Optional[np.ndarray]:
+        if field_name not in TENSOR_NAMES:
+            raise AttributeError(field_name)
+        return self.rows(field_name) if self.has(field_name) else None
+
+    def rows(self, field_name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """The tensor, or only `rows` of a matrix (q/k rows only whole: they are stored permuted)."""
+        t = self._read(TENSOR_NAMES[field_name], rows)
+        if field_name == "d2t":
+            return t
+        if rows is None and field_name in ("q_proj", "k_proj"):
+            c = self.config
+            t = unpermute_qk(t, c.num_attention_heads if field_name == "q_proj" else c.num_key_value_heads)
+        return t
+
+    def _read(self, name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        import gguf
+
+        t = self._tensors[name]
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type)]
+        n_rows, row_bytes = int(np.prod(t.ne[1:])), t.ne[0] // block * type_size
+        if t.offset + n_rows * row_bytes > self._size:
+            raise ConversionError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
+        data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
+        picked = np.ascontiguousarray(data if rows is None else data[rows])
+        shape = tuple(reversed(t.ne)) if rows is None else (len(rows), *reversed(t.ne[:-1]))
+        if t.type == gguf.GGMLQuantizationType.I64:
+            return picked.view("<i8").reshape(shape).astype(np.int64)
+        return gguf.quants.dequantize(picked, gguf.GGMLQuantizationType(t.type)).reshape(shape).astype(np.float32)
+
+
 def read_head_gguf(path: Path) -> Eagle3Head:
     """The head in a GGUF file, weights dequantized to float32 and q/k un-permuted."""
-    path = Path(path)
-    reader = open_gguf(path)
-    by_name = {t.name: t for t in reader.tensors}
-    d2t = by_name.get("d2t")
-    config = _check_layout(path, gguf_metadata(reader), set(by_name), int(d2t.shape[0]) if d2t is not None else 0)
-    if "rope_freqs.weight" in by_name:
-        config.rope_scaling = {"rope_type": "freqs",
-                               "factors": dequantize_tensor(by_name["rope_freqs.weight"]).astype(float).tolist()}
-    tensors = {f: dequantize_tensor(by_name[n]) for f, n in TENSOR_NAMES.items() if n in by_name}
-    for k in tensors:
-        tensors[k] = tensors[k].astype(np.int64 if k == "d2t" else np.float32)
-    tensors["q_proj"] = unpermute_qk(tensors["q_proj"], config.num_attention_heads)
-    tensors["k_proj"] = unpermute_qk(tensors["k_proj"], config.num_key_value_heads)
-    head = Eagle3Head(config=config, **tensors)
+    w = GgufWeights(path)
+    head = Eagle3Head(config=w.config, **{f: w.rows(f) for f in TENSOR_NAMES if w.has(f)})
     head.validate()
     return head
 
