@@ -167,3 +167,17 @@ def test_bin_reader_refuses_code(tmp_path):
         z.writestr("archive/data.pkl", pickle.dumps({"x": print}))
     with pytest.raises(ConversionError, match="refusing to load builtins.print"):
         read_torch_bin(p)
+
+
+def test_lazy_matrices_read_like_arrays(tmp_path):
+    """Safetensors matrices stay on disk (LazyTensor); whole, row-range and picked-row reads agree."""
+    from eagle3_convert.checkpoint import LazyTensor, read_safetensors, write_safetensors
+
+    a = np.random.default_rng(0).standard_normal((9000, 8)).astype(np.float32)
+    write_safetensors(tmp_path / "m.safetensors", {"m": a, "v": a[0]})
+    t = read_safetensors(tmp_path / "m.safetensors")
+    assert isinstance(t["m"], LazyTensor) and isinstance(t["v"], np.ndarray)
+    np.testing.assert_array_equal(np.asarray(t["m"]), a)
+    np.testing.assert_array_equal(t["m"][4090:4100], a[4090:4100])
+    rows = np.array([8999, 0, 4096, 4095, 17])
+    np.testing.assert_array_equal(t["m"][rows], a[rows])

@@ -1,14 +1,14 @@
 """Reading HF checkpoints without torch: safetensors (own parser) and PyTorch .bin
 (zip + a restricted unpickler that only rebuilds tensors, never runs other code).
 
-Every tensor comes back as a NumPy array: floating types as float32, integer types
-as int64, bool as bool.
+Tensors come back as NumPy arrays (floating types as float32, integer types as int64,
+bool as bool), except the floating-point matrices of safetensors files: those come back as
+LazyTensor, read and converted when used (the converter's memory then stays near one matrix).
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import pickle
 import struct
 import zipfile
@@ -27,11 +27,13 @@ _ST_DTYPES: dict[str, tuple[str, int]] = {
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    wide = raw.astype(np.uint32)
+    wide <<= 16  # in place: one float32-sized copy
+    return wide.view(np.float32)
 
 
 def _normalise(a: np.ndarray) -> np.ndarray:
-    """float32 / int64 / bool; a tensor already in that type stays a view of its file mapping."""
+    """float32 / int64 / bool."""
     if a.dtype.kind == "f":
         return a.astype(np.float32, copy=False)
     if a.dtype.kind in "iu":
@@ -39,32 +41,79 @@ def _normalise(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _map(path: Path) -> Any:
-    """The file's bytes, memory-mapped: tensors are paged in when converted, never read whole."""
+class LazyTensor:
+    """A floating-point matrix of a safetensors file, read when used: its shape is known from the
+    header; its values are read from the file and converted to float32 on every access and never
+    kept. A real head's matrices thus stay on disk until the writer or the read-back check needs
+    them, one at a time. np.asarray(t) gives the whole matrix, t[a:b] only rows a..b-1."""
+
+    dtype = np.dtype(np.float32)
+    CHUNK_ROWS = 4096
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int], storage: str):
+        self.path, self.offset, self.shape, self._storage = path, offset, shape, storage
+        self.ndim = len(shape)
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        item = 2 if self._storage in ("bf16", "<f2") else np.dtype(self._storage).itemsize
+        row = self.shape[1] * item
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * row)
+            raw = np.frombuffer(f.read((stop - start) * row), dtype="<u2" if self._storage == "bf16" else self._storage)
+        a = _bf16_to_f32(raw) if self._storage == "bf16" else raw.astype(np.float32)
+        return a.reshape(stop - start, self.shape[1])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self._rows(0, self.shape[0])
+        return a if dtype is None else a.astype(dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, slice) and index.step in (None, 1):
+            start, stop, _ = index.indices(self.shape[0])
+            return self._rows(start, max(start, stop))
+        if isinstance(index, np.ndarray) and index.ndim == 1 and index.dtype.kind in "iu":
+            return self._pick(index)
+        return np.asarray(self)[index]
+
+    def _pick(self, rows: np.ndarray) -> np.ndarray:
+        """Some rows, read CHUNK_ROWS rows at a time."""
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index outside 0..{self.shape[0] - 1}")
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        for start in range(0, self.shape[0], self.CHUNK_ROWS):
+            sel = (rows >= start) & (rows < start + self.CHUNK_ROWS)
+            if sel.any():
+                out[sel] = self._rows(start, min(start + self.CHUNK_ROWS, self.shape[0]))[rows[sel] - start]
+        return out
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """(header, offset of the data, size of the data) of a safetensors file."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            if f.seek(0, 2) == 0:
-                return b""
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            text = f.read(n) if n is not None and n <= size - 8 else b""
     except OSError as e:
         raise ConversionError(f"{path}: cannot read the weights ({e})") from None
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    data = _map(path)
-    if len(data) < 8:
+    if n is None:
         raise ConversionError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise ConversionError(f"{path}: truncated safetensors file (header of {n} bytes, file of {len(data)})")
+    if n > size - 8:
+        raise ConversionError(f"{path}: truncated safetensors file (header of {n} bytes, file of {size})")
     try:
-        header = json.loads(data[8 : 8 + n])
+        header = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConversionError(f"{path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise ConversionError(f"{path}: corrupt safetensors header (not a JSON object)")
-    base, size_body = 8 + n, len(data) - 8 - n
-    out: dict[str, np.ndarray] = {}
+    return header, 8 + n, size - 8 - n
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """Every tensor of the file: matrices of floats as LazyTensor, the rest as arrays."""
+    header, base, size_body = _header(path)
+    out: dict[str, Any] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -81,9 +130,15 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         if min(shape, default=0) < 0 or not 0 <= begin <= end <= size_body or end - begin != count * size:
             raise ConversionError(f"{path}: tensor {name!r} has offsets {begin}..{end} that do not fit its shape {shape} "
                                   f"or the file (truncated?)")
-        raw = np.frombuffer(data, dtype="<u2" if dtype == "bf16" else dtype, count=count, offset=base + begin)
-        arr = _bf16_to_f32(raw) if dtype == "bf16" else raw
-        out[name] = _normalise(arr.reshape(shape))
+        lazy = LazyTensor(path, base + begin, (shape[0], shape[1]) if len(shape) == 2 else (count, 1), dtype)
+        if len(shape) == 2 and dtype in ("bf16", "<f2", "<f4", "<f8") and count:
+            out[name] = lazy
+        elif dtype in ("bf16", "<f2", "<f4", "<f8"):
+            out[name] = np.asarray(lazy).reshape(shape)
+        else:
+            with open(path, "rb") as f:
+                f.seek(base + begin)
+                out[name] = _normalise(np.frombuffer(f.read(end - begin), dtype=dtype).reshape(shape))
     return out
 
 
@@ -178,7 +233,7 @@ def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
+def read_weights(path: Path) -> dict[str, Any]:
     """All tensors of a head: a directory (single or sharded safetensors/.bin) or one file."""
     path = Path(path)
     if path.is_dir():

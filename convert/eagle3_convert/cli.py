@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .errors import ConversionError
+from .checkpoint import LazyTensor
 from .gguf_io import GgufWeights, write_head_gguf
 from .head import Eagle3Head, check_against_target
 from .layouts import load_hf_head
@@ -24,21 +25,30 @@ LM_SAMPLE_ROWS = 2048  # draft-vocabulary rows whose logits the reference check 
 CHUNK_ROWS = 4096      # rows compared at a time by the whole-tensor check
 
 
-def _lm_rows(w: Union[Eagle3Head, GgufWeights], rows: np.ndarray) -> np.ndarray:
-    return w.rows("lm_head", rows) if isinstance(w, GgufWeights) else w.lm_head[rows]
+class _Loaded:
+    """A head whose LazyTensor fields are read on each access: the reference math gets arrays."""
+
+    def __init__(self, head: Eagle3Head):
+        self._head = head
+
+    def __getattr__(self, name: str) -> Any:
+        return np.asarray(v) if isinstance(v := getattr(self._head, name), LazyTensor) else v
+
+    def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return getattr(self._head, name)[rows]
 
 
 class _LmSample:
     """A head's weights with lm_head cut to some rows: the reference check's logits over a sample."""
 
-    def __init__(self, w: Union[Eagle3Head, GgufWeights], rows: np.ndarray):
-        self._w, self.lm_head = w, _lm_rows(w, rows)
+    def __init__(self, w: Union[_Loaded, GgufWeights], rows: np.ndarray):
+        self._w, self.lm_head = w, w.rows("lm_head", rows)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._w, name)
 
 
-def reference_roundtrip(original: Eagle3Head, written: Union[Eagle3Head, GgufWeights], n: int = 8,
+def reference_roundtrip(original: Eagle3Head, written: GgufWeights, n: int = 8,
                         seed: int = 0) -> float:
     """Max relative difference of the reference outputs of the two heads on random inputs, at
     positions spread over the context (so that RoPE scaling of low frequencies shows), with the
@@ -51,7 +61,7 @@ def reference_roundtrip(original: Eagle3Head, written: Union[Eagle3Head, GgufWei
     rows = np.unique(np.linspace(0, c.draft_vocab_size - 1, min(LM_SAMPLE_ROWS, c.draft_vocab_size)).astype(np.int64))
     lm = None if original.lm_head is not None else rng.standard_normal((len(rows), c.hidden_size))
     out = []
-    for head in (original, written):
+    for head in (_Loaded(original), written):
         w = _LmSample(head, rows) if lm is None else head
         g = encode(w, head.config, f)
         logits, h = decode(w, head.config, emb, g, pos, lm_head=lm)

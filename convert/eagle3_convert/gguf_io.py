@@ -107,7 +107,8 @@ def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...],
         t = getattr(head, field_name)
         if t is None:
             continue
-        get = (lambda t=t, n=n_heads[field_name]: permute_qk(t, n)) if field_name in n_heads else (lambda t=t: t)
+        get = (lambda t=t, n=n_heads[field_name]: permute_qk(np.asarray(t), n)) if field_name in n_heads \
+            else (lambda t=t: np.asarray(t))
         out.append((field_name, tensor_name, tuple(t.shape), get))
     f = rope_factors(c)
     if f is not None:
