@@ -340,7 +340,7 @@ QUIRKS: dict[str, Quirk] = {
     "dtype instead of torch_dtype": Quirk(config=_seq(_pop("torch_dtype"), _set(dtype="bfloat16"))),
     "speculators omitting defaults": Quirk("speculators", shape=Shape(n_head=32, n_kv=32, head_dim=4),
                                            config=lambda c: (c.clear(), c.update(json.loads(json.dumps(MINIMAL_SPECULATORS)))),
-                                           note="num_attention_heads missing", llama_cpp=True),
+                                           note="omits norm_before_residual", llama_cpp=True),
     "quantization_config, float weights": Quirk(config=_set(quantization_config={"quant_method": "fp8"}),
                                                 note="quantization_config present"),
     "fp8 export": Quirk(config=_set(quantization_config={"quant_method": "fp8"}), tensors=_fp8,

@@ -271,6 +271,9 @@ def _load_hf_head(path: Path, target: TargetInfo, convention: Optional[Conventio
     if stated_layers not in (None, 1):
         notes.append(f"config num_hidden_layers {stated_layers} is not the head's: its weights hold one decoder layer")
 
+    if layout == "speculators" and flag(config, "norm_before_residual") is None:
+        notes.append("warning: the speculators config omits norm_before_residual: using false, the default of "
+                     "speculators' Eagle3SpeculatorConfig (vLLM assumes true for such configs)")
     n_head, n_kv, head_dim = _attention_shape(h, t, notes)
     rope_theta, rope_scaling = rope_settings(h, notes)
     stored, target_hidden = _taps(config, h, t["fc"])
