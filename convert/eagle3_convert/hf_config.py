@@ -40,8 +40,10 @@ def number(h: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     v = h.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-        raise ConversionError(f"config key {key} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+            (kind is int and not float(v).is_integer()):
+        raise ConversionError(f"config key {key} must be {'an integer' if kind is int else 'a finite number'}, "
+                              f"got {v!r}")
     return kind(v)
 
 

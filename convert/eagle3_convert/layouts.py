@@ -196,7 +196,7 @@ def _attention_shape(h: dict[str, Any], t: dict[str, np.ndarray], notes: list[st
         n_head = DEFAULT_N_HEAD
         notes.append(f"num_attention_heads missing: transformers' default {DEFAULT_N_HEAD}")
     q_rows, k_rows = t["q_proj"].shape[0], t["k_proj"].shape[0]
-    if n_head <= 0 or q_rows % n_head:
+    if n_head <= 0 or q_rows == 0 or q_rows % n_head:
         raise ConversionError(f"tensor q_proj has {q_rows} rows, not a multiple of num_attention_heads {n_head}: "
                               f"config.json does not describe these weights")
     head_dim = q_rows // n_head
