@@ -453,8 +453,8 @@ def test_quirk_greedy_identical(name, tmp_path, targets, n_vocab):
     from test_greedy import plain_llm, spec_llm
 
     out, _ = run_convert(QUIRKS[name], tmp_path, targets["llama"], n_vocab)
-    plain = plain_llm(targets["llama"])
-    spec = spec_llm(targets["llama"], out, eagle3_draft_max=3)
+    plain = plain_llm(targets["llama"], n_threads=1)  # one thread: no spinning workers on a busy machine
+    spec = spec_llm(targets["llama"], out, eagle3_draft_max=3, n_threads=1)
     prompt = "in the beginning of the"
     a = plain(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
     b = spec(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
