@@ -1,7 +1,10 @@
 """The canonical EAGLE-3 head: one config and one set of weights, whatever layout it came from.
 
 Weights are kept in HF orientation ([out, in] matrices), float32, with q/k NOT
-permuted; the GGUF writer applies llama.cpp's conventions. `target_layers` always
+permuted; the GGUF writer applies llama.cpp's conventions. A head read from a
+safetensors checkpoint holds its matrices as checkpoint.LazyTensor (shape known,
+values read when used, np.asarray gives the array), so a real head is never in
+memory whole. `target_layers` always
 uses llama.cpp's convention: id L = the INPUT of target layer L (= HF
 hidden_states[L]), valid ids 1..n_layer-1.
 """

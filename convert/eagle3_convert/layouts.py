@@ -2,12 +2,13 @@
 
 Layouts (how they are told apart):
   speculators  RedHatAI speculators (`Eagle3Speculator` / `Eagle3DraftModel`, or a
-               `transformer_layer_config`): `layers.0.*`; layer ids use the
-               "input of layer i" convention.
+               `transformer_layer_config` or `speculators_model_type` key): `layers.0.*`;
+               layer ids use the "input of layer i" convention.
   specforge    SpecForge `LlamaForCausalLMEagle3`: `midlayer.*`; ids "output of layer i".
   angelslim    AngelSlim / vLLM `Eagle3LlamaForCausalLM`: ids "output of layer i".
-  eagle        official SafeAILab EAGLE-3 (`LlamaForCausalLM` with `midlayer.*` and a
-               draft_vocab_size): no ids stored, the defaults [2, N//2, N-3] (input of).
+  eagle        official SafeAILab EAGLE-3 (`LlamaForCausalLM`), or any other name with
+               decoder-layer tensors: usually no ids stored, the defaults [2, N//2, N-3]
+               (input of); stored ids count as "output of layer i".
 
 The two id conventions name the same states: output of layer i == input of layer i+1.
 The layout is told from keys and tensors, not from `architectures` (official EAGLE heads
