@@ -8,12 +8,14 @@ LazyTensor, read and converted when used (the converter's memory then stays near
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -41,27 +43,34 @@ def _normalise(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _itemsize(storage: Any) -> int:
+    return 2 if storage == "bf16" else np.dtype(storage).itemsize
+
+
+def _to_f32(raw: bytes, storage: Any) -> np.ndarray:
+    """Little-endian raw values of a floating storage type (a numpy dtype or "bf16") as float32."""
+    if storage == "bf16":
+        return _bf16_to_f32(np.frombuffer(raw, dtype="<u2"))
+    return np.frombuffer(raw, dtype=np.dtype(storage).newbyteorder("<")).astype(np.float32)
+
+
 class LazyTensor:
-    """A floating-point matrix of a safetensors file, read when used: its shape is known from the
+    """A floating-point matrix of a checkpoint, read when used: its shape is known from the
     header; its values are read from the file and converted to float32 on every access and never
     kept. A real head's matrices thus stay on disk until the writer or the read-back check needs
-    them, one at a time. np.asarray(t) gives the whole matrix, t[a:b] only rows a..b-1."""
+    them, one at a time. np.asarray(t) gives the whole matrix, t[a:b] only rows a..b-1, t[ids]
+    the rows ids (read CHUNK_ROWS rows at a time)."""
 
     dtype = np.dtype(np.float32)
     CHUNK_ROWS = 4096
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, int], storage: str):
-        self.path, self.offset, self.shape, self._storage = path, offset, shape, storage
-        self.ndim = len(shape)
+    def __init__(self, shape: tuple[int, int], read_rows: Callable[[int, int], bytes], storage: Any):
+        """read_rows(start, stop): the raw bytes of rows start..stop-1, stored as `storage`."""
+        self.shape, self.ndim = shape, 2
+        self._read_rows, self._storage = read_rows, storage
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
-        item = 2 if self._storage in ("bf16", "<f2") else np.dtype(self._storage).itemsize
-        row = self.shape[1] * item
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + start * row)
-            raw = np.frombuffer(f.read((stop - start) * row), dtype="<u2" if self._storage == "bf16" else self._storage)
-        a = _bf16_to_f32(raw) if self._storage == "bf16" else raw.astype(np.float32)
-        return a.reshape(stop - start, self.shape[1])
+        return _to_f32(self._read_rows(start, stop), self._storage).reshape(stop - start, self.shape[1])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = self._rows(0, self.shape[0])
@@ -85,6 +94,12 @@ class LazyTensor:
             if sel.any():
                 out[sel] = self._rows(start, min(start + self.CHUNK_ROWS, self.shape[0]))[rows[sel] - start]
         return out
+
+
+def _file_rows(path: Path, offset: int, row_bytes: int, start: int, stop: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset + start * row_bytes)
+        return f.read((stop - start) * row_bytes)
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int, int]:
@@ -130,11 +145,10 @@ def read_safetensors(path: Path) -> dict[str, Any]:
         if min(shape, default=0) < 0 or not 0 <= begin <= end <= size_body or end - begin != count * size:
             raise ConversionError(f"{path}: tensor {name!r} has offsets {begin}..{end} that do not fit its shape {shape} "
                                   f"or the file (truncated?)")
-        lazy = LazyTensor(path, base + begin, (shape[0], shape[1]) if len(shape) == 2 else (count, 1), dtype)
-        if len(shape) == 2 and dtype in ("bf16", "<f2", "<f4", "<f8") and count:
-            out[name] = lazy
-        elif dtype in ("bf16", "<f2", "<f4", "<f8"):
-            out[name] = np.asarray(lazy).reshape(shape)
+        if dtype in ("bf16", "<f2", "<f4", "<f8"):
+            rows = (shape[0], shape[1]) if len(shape) == 2 else (1, count)
+            lazy = LazyTensor(rows, functools.partial(_file_rows, path, base + begin, rows[1] * size), dtype)
+            out[name] = lazy if len(shape) == 2 and count else np.asarray(lazy).reshape(shape)
         else:
             with open(path, "rb") as f:
                 f.seek(base + begin)
@@ -154,24 +168,51 @@ class _StorageType:
         self.name = name
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, shape: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    shape = tuple(int(s) for s in shape)
-    if not shape:
-        return storage[offset : offset + 1].reshape(())
-    item = storage.itemsize
+@dataclass(frozen=True)
+class _Storage:
+    """A storage of a torch zip checkpoint, not yet read: the archive member and its type."""
+    path: Path
+    member: str
+    dtype: Any   # a numpy dtype, or "bf16"
+    size: int    # elements
+
+    def read(self, first: int = 0, count: Optional[int] = None) -> bytes:
+        item = _itemsize(self.dtype)
+        count = self.size - first if count is None else count
+        with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
+            f.seek(first * item)
+            return f.read(count * item)
+
+    def load(self) -> np.ndarray:
+        raw = self.read()
+        if self.dtype == "bf16":
+            return _bf16_to_f32(np.frombuffer(raw, dtype="<u2"))
+        return np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
+
+
+def _rebuild_tensor(storage: _Storage, offset: int, shape: tuple, stride: tuple, *_: Any) -> Any:
+    """A tensor of the checkpoint: a contiguous floating-point matrix as LazyTensor, else an array."""
+    shape, stride = tuple(int(s) for s in shape), tuple(int(s) for s in stride)
     need = offset + sum((s - 1) * st for s, st in zip(shape, stride)) + 1 if all(shape) else offset
     if need > storage.size:
         raise ConversionError("tensor view exceeds its storage (truncated checkpoint?)")
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=shape, strides=[st * item for st in stride])
+    floating = storage.dtype == "bf16" or np.dtype(storage.dtype).kind == "f"
+    if floating and len(shape) == 2 and all(shape) and stride == (shape[1], 1):
+        cols = shape[1]
+        return LazyTensor(shape, lambda a, b: storage.read(offset + a * cols, (b - a) * cols), storage.dtype)
+    data = storage.load()
+    if not shape:
+        return data[offset : offset + 1].reshape(())
+    view = np.lib.stride_tricks.as_strided(data[offset:], shape=shape, strides=[st * data.itemsize for st in stride])
     return np.ascontiguousarray(view)
 
 
 class _TorchUnpickler(pickle.Unpickler):
     """Rebuilds tensors from torch's zip format; refuses every other global."""
 
-    def __init__(self, file: Any, load_storage: Callable[[str, Any], np.ndarray]):
+    def __init__(self, file: Any, storage: Callable[[str, Any], _Storage]):
         super().__init__(file)
-        self._load_storage = load_storage
+        self._storage = storage
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
@@ -184,14 +225,15 @@ class _TorchUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint")
 
-    def persistent_load(self, pid: Any) -> np.ndarray:
+    def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
         storage_type, key = pid[1], str(pid[2])
-        return self._load_storage(key, storage_type)
+        return self._storage(key, storage_type)
 
 
-def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+def read_torch_bin(path: Path) -> dict[str, Any]:
+    """Every tensor of a torch zip checkpoint: contiguous floating-point matrices as LazyTensor."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -203,33 +245,31 @@ def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
             raise ConversionError(f"{path}: PyTorch checkpoint without data.pkl")
         root = pkl[0][: -len("data.pkl")]
 
-        def load_storage(key: str, storage_type: Any) -> np.ndarray:
+        def storage(key: str, storage_type: Any) -> _Storage:
             name = getattr(storage_type, "name", None)
             if name not in _TORCH_DTYPES:
                 raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+            member = f"{root}data/{key}"
             try:
-                raw = zf.read(f"{root}data/{key}")
+                size = zf.getinfo(member).file_size
             except KeyError:
                 raise pickle.UnpicklingError(f"storage {key} missing from the archive") from None
-            dt = _TORCH_DTYPES[name]
-            if dt == "bf16":
-                return _bf16_to_f32(np.frombuffer(raw, dtype="<u2"))
-            return np.frombuffer(raw, dtype=np.dtype(dt).newbyteorder("<"))
+            return _Storage(Path(path), member, _TORCH_DTYPES[name], size // _itemsize(_TORCH_DTYPES[name]))
 
         try:
             with zf.open(pkl[0]) as f:
-                obj = _TorchUnpickler(f, load_storage).load()
+                obj = _TorchUnpickler(f, storage).load()
         except ConversionError:
             raise
         except Exception as e:  # any malformed pickle ends here, never in torch code
             raise ConversionError(f"{path}: cannot read the PyTorch checkpoint ({e})") from None
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: the checkpoint is not a state dict")
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in obj.items():
-        if not isinstance(v, np.ndarray):
+        if not isinstance(v, (np.ndarray, LazyTensor)):
             raise ConversionError(f"{path}: entry {k!r} is not a tensor")
-        out[str(k)] = _normalise(v)
+        out[str(k)] = v if isinstance(v, LazyTensor) else _normalise(v)
     return out
 
 
