@@ -1,9 +1,10 @@
 """Peak memory of convert-eagle3-gguf on a random head of a published head's real shape.
 
-    python examples/convert_memory.py DIR [--preset llama3.1-8b]
+    python examples/convert_memory.py DIR [--preset llama3.1-8b] [--bin]
     /usr/bin/time -v convert-eagle3-gguf DIR/head --target DIR/target.gguf --outfile DIR/head.gguf
 
-writes DIR/head (config.json + bf16 model.safetensors, generated one tensor at a time) and
+writes DIR/head (config.json + bf16 model.safetensors, generated one tensor at a time; with
+--bin an fp16 pytorch_model.bin like the official EAGLE heads, generated in memory) and
 DIR/target.gguf (the target's metadata and vocabulary only: the converter reads no target
 weights unless the head lacks its lm_head). "Maximum resident set size" is the peak.
 """
@@ -70,6 +71,26 @@ def write_head(d: Path, p: dict, seed: int = 0) -> None:
                          "original_max_position_embeddings": 8192}}))
 
 
+def write_bin_head(d: Path, p: dict, seed: int = 0) -> None:
+    """The same head as an fp16 torch zip checkpoint (tests/tiny_models.write_torch_bin)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import tiny_models
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in head_shapes(p).items():
+        if name == "d2t":
+            ids = np.sort(rng.choice(p["vocab"], p["draft_vocab"], replace=False))
+            tensors[name] = (ids - np.arange(p["draft_vocab"])).astype(np.int64)
+        elif len(shape) == 1:
+            tensors[name] = np.ones(shape, np.float16)
+        else:
+            tensors[name] = (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1])).astype(np.float16)
+    tiny_models.write_torch_bin(d / "pytorch_model.bin", tensors)
+
+
 def write_target(path: Path, p: dict) -> None:
     """A llama GGUF with the target's metadata and a vocabulary of distinct tokens, and no tensors."""
     import gguf
@@ -90,9 +111,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", type=Path)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="llama3.1-8b")
+    ap.add_argument("--bin", action="store_true", help="write an fp16 pytorch_model.bin instead")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     write_head(a.dir / "head", p)
+    if a.bin:
+        (a.dir / "head" / "model.safetensors").unlink()
+        write_bin_head(a.dir / "head", p)
     write_target(a.dir / "target.gguf", p)
     print(f"wrote {a.dir / 'head'} and {a.dir / 'target.gguf'}")
 
