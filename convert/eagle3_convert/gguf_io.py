@@ -97,9 +97,13 @@ def _encode_tensor(w: np.ndarray, dtype: Any, qtype: Any) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype)
 
 
-def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...], Callable[[], np.ndarray]]]:
-    """(canonical field, GGUF name, shape, a function giving the tensor in file orientation); the
-    functions run one at a time while writing, so at most one converted copy exists at once."""
+RowReader = Callable[[int, int], np.ndarray]
+
+
+def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...], RowReader, bool]]:
+    """(canonical field, GGUF name, shape, rows(start, stop) in file orientation, whole): the writer
+    asks for CHUNK_ROWS rows at a time, or for every row at once when `whole` (q/k: the
+    permutation works per head; vectors)."""
     c = head.config
     n_heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
     out = []
@@ -107,13 +111,33 @@ def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...],
         t = getattr(head, field_name)
         if t is None:
             continue
-        get = (lambda t=t, n=n_heads[field_name]: permute_qk(np.asarray(t), n)) if field_name in n_heads \
-            else (lambda t=t: np.asarray(t))
-        out.append((field_name, tensor_name, tuple(t.shape), get))
+        if field_name in n_heads:
+            rows = lambda a, b, t=t, n=n_heads[field_name]: permute_qk(np.asarray(t), n)[a:b]
+        else:
+            rows = lambda a, b, t=t: np.asarray(t[a:b])
+        out.append((field_name, tensor_name, tuple(t.shape), rows, field_name in n_heads or len(t.shape) == 1))
     f = rope_factors(c)
     if f is not None:
-        out.append(("rope_freqs", "rope_freqs.weight", f.shape, lambda: f.astype(np.float32)))
+        out.append(("rope_freqs", "rope_freqs.weight", f.shape, lambda a, b: f[a:b].astype(np.float32), True))
     return out
+
+
+class _RowChunks:
+    """A tensor's file data, encoded CHUNK_ROWS rows at a time while it is written.
+    GGUFWriter.write_tensor_data asks its argument only for .nbytes and .tofile(file) (it
+    byteswaps only for a big-endian file, which this writer never makes), so no matrix of a
+    real head is ever converted whole."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, rows: RowReader, n_rows: int, nbytes: int, encode: Callable[[np.ndarray], np.ndarray],
+                 whole: bool):
+        self.nbytes, self._rows, self._n, self._encode = nbytes, rows, n_rows, encode
+        self._chunk = max(n_rows, 1) if whole else self.CHUNK_ROWS
+
+    def tofile(self, f: Any) -> None:
+        for start in range(0, max(self._n, 1), self._chunk):
+            self._encode(self._rows(start, min(start + self._chunk, self._n))).tofile(f)
 
 
 def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType) -> None:
@@ -121,19 +145,22 @@ def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType) -> None:
     import gguf
 
     plan = []
-    for field_name, name, shape, get in _tensors_to_write(head):
+    for field_name, name, shape, rows, whole in _tensors_to_write(head):
         dtype, qtype = _encoding(field_name, shape, outtype)
         if qtype is None:
-            w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            w.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
         else:
             byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
-            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=qtype)
-        plan.append((get, dtype, qtype))
+            nbytes = int(np.prod(byte_shape))
+            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=qtype)
+        encode = lambda a, dtype=dtype, qtype=qtype: _encode_tensor(a, dtype, qtype)
+        plan.append(_RowChunks(rows, shape[0], nbytes, encode, whole))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for get, dtype, qtype in plan:
-        w.write_tensor_data(_encode_tensor(get(), dtype, qtype))
+    for data in plan:
+        w.write_tensor_data(data)
 
 
 def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype: OutType = "f16",
