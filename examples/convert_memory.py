@@ -20,8 +20,13 @@ import numpy as np
 
 PRESETS = {
     # yuhuili/EAGLE3-LLaMA3.1-Instruct-8B's shapes (the Llama-3.1-8B target: 32 layers, vocabulary 128256)
-    "llama3.1-8b": dict(hidden=4096, n_head=32, n_kv=8, ff=14336, vocab=128256, draft_vocab=32000, n_layer=32),
+    "llama3.1-8b": dict(hidden=4096, n_head=32, n_kv=8, ff=14336, vocab=128256, draft_vocab=32000, n_layer=32,
+                        own_embed=False),
+    # a Llama-3.3-70B-shaped head with its own token embedding (Llama 3.3 70B heads carry one)
+    "llama3.3-70b": dict(hidden=8192, n_head=64, n_kv=8, ff=28672, vocab=128256, draft_vocab=32000, n_layer=80,
+                         own_embed=True),
 }
+GEN_ROWS = 8192  # rows of a matrix generated at a time
 
 
 def head_shapes(p: dict) -> dict[str, tuple[int, ...]]:
@@ -34,7 +39,7 @@ def head_shapes(p: dict) -> dict[str, tuple[int, ...]]:
         "midlayer.post_attention_layernorm.weight": (h,), "midlayer.mlp.gate_proj.weight": (p["ff"], h),
         "midlayer.mlp.up_proj.weight": (p["ff"], h), "midlayer.mlp.down_proj.weight": (h, p["ff"]),
         "d2t": (p["draft_vocab"],),
-    }
+    } | ({"embed_tokens.weight": (p["vocab"], h)} if p["own_embed"] else {})
 
 
 def _bf16(a: np.ndarray) -> bytes:
@@ -61,7 +66,9 @@ def write_head(d: Path, p: dict, seed: int = 0) -> None:
             elif len(shape) == 1:
                 f.write(_bf16(np.ones(shape, np.float32)))
             else:
-                f.write(_bf16(rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1])))
+                for start in range(0, shape[0], GEN_ROWS):
+                    rows = (min(GEN_ROWS, shape[0] - start), shape[1])
+                    f.write(_bf16(rng.standard_normal(rows, dtype=np.float32) / np.sqrt(shape[1])))
     (d / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": p["hidden"], "intermediate_size": p["ff"],
         "num_attention_heads": p["n_head"], "num_key_value_heads": p["n_kv"], "num_hidden_layers": 1,

@@ -320,11 +320,12 @@ class GgufWeights:
         if t.offset + n_rows * row_bytes > self._size:
             raise ConversionError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
         data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
-        picked = np.ascontiguousarray(data if rows is None else data[rows])
+        picked = data if rows is None else data[rows]  # the mapping itself, or a copy of some rows
         shape = tuple(reversed(t.ne)) if rows is None else (len(rows), *reversed(t.ne[:-1]))
         if t.type == gguf.GGMLQuantizationType.I64:
             return picked.view("<i8").reshape(shape).astype(np.int64)
-        return gguf.quants.dequantize(picked, gguf.GGMLQuantizationType(t.type)).reshape(shape).astype(np.float32)
+        values = gguf.quants.dequantize(picked, gguf.GGMLQuantizationType(t.type)).reshape(shape)
+        return values.astype(np.float32, copy=False)
 
 
 def read_head_gguf(path: Path) -> Eagle3Head:
