@@ -12,7 +12,7 @@ hidden_states[L]), valid ids 1..n_layer-1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -53,6 +53,14 @@ def expected_shapes(c: Eagle3Config) -> dict[str, tuple[int, ...]]:
         "lm_head": (c.draft_vocab_size, hd), "embed_tokens": (c.vocab_size, hd),
         "d2t": (c.draft_vocab_size,), "enc_norm": (3 * ht,),
     }
+
+
+_FINITE_CHUNK_ROWS = 4096
+
+
+def _all_finite(t: Any) -> bool:
+    """np.isfinite over a tensor a block of rows at a time (a LazyTensor is never read whole)."""
+    return all(bool(np.isfinite(t[a : a + _FINITE_CHUNK_ROWS]).all()) for a in range(0, t.shape[0], _FINITE_CHUNK_ROWS))
 
 
 @dataclass
@@ -106,7 +114,7 @@ class Eagle3Head:
             if t.dtype.kind != "f":
                 raise ConversionError(f"tensor {name} holds {t.dtype} values: weights must be floating point "
                                       f"(the checkpoint is damaged or not an EAGLE-3 head)")
-            if not np.isfinite(t).all():
+            if not _all_finite(t):
                 raise ConversionError(f"tensor {name} contains NaN or infinite values")
         if c.norm_before_fc and self.enc_norm is None:
             raise ConversionError("norm_before_fc is set but the head has no input_norm (enc_norm) tensor")
