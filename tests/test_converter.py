@@ -109,9 +109,10 @@ BAD = {
     "d2t duplicates": (None, _d2t_dup, "same target id"),
     "d2t out of range": (None, _d2t_range, "outside"),
     "NaN weights": (None, lambda t: t["norm.weight"].__setitem__(0, np.nan), "NaN"),
-    "missing key": (lambda c: c.pop("hidden_size"), None, "hidden_size"),
+    "heads do not divide q_proj": (lambda c: c.__setitem__("num_attention_heads", 5), None, "num_attention_heads 5"),
     "wrong-typed key": (lambda c: c.__setitem__("intermediate_size", "big"), None, "intermediate_size"),
-    "two layers": (lambda c: c.__setitem__("num_hidden_layers", 2), None, "num_hidden_layers"),
+    "two layers": (None, lambda t: t.__setitem__("layers.1.mlp.up_proj.weight", t["midlayer.mlp.up_proj.weight"]),
+                   "2 decoder layers"),
     "bad layer ids": (lambda c: c["eagle_config"].__setitem__("eagle_aux_hidden_state_layer_ids", [1, 2]), None,
                       "eagle_aux_hidden_state_layer_ids"),
     "layer beyond target": (lambda c: c["eagle_config"].__setitem__("eagle_aux_hidden_state_layer_ids", [1, 3, 9]), None,
@@ -166,3 +167,31 @@ def test_bin_reader_refuses_code(tmp_path):
         z.writestr("archive/data.pkl", pickle.dumps({"x": print}))
     with pytest.raises(ConversionError, match="refusing to load builtins.print"):
         read_torch_bin(p)
+
+
+def test_lazy_matrices_read_like_arrays(tmp_path):
+    """Safetensors matrices stay on disk (LazyTensor); whole, row-range and picked-row reads agree."""
+    from eagle3_convert.checkpoint import LazyTensor, read_safetensors, write_safetensors
+
+    a = np.random.default_rng(0).standard_normal((9000, 8)).astype(np.float32)
+    write_safetensors(tmp_path / "m.safetensors", {"m": a, "v": a[0]})
+    t = read_safetensors(tmp_path / "m.safetensors")
+    assert isinstance(t["m"], LazyTensor) and isinstance(t["v"], np.ndarray)
+    np.testing.assert_array_equal(np.asarray(t["m"]), a)
+    np.testing.assert_array_equal(t["m"][4090:4100], a[4090:4100])
+    rows = np.array([8999, 0, 4096, 4095, 17])
+    np.testing.assert_array_equal(t["m"][rows], a[rows])
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_chunked_writing_writes_the_same_file(outtype, tmp_path, targets, n_vocab, monkeypatch):
+    """Matrices are read and written a few rows at a time (real heads: 4096); the file is the same."""
+    from eagle3_convert.checkpoint import LazyTensor
+    from eagle3_convert.gguf_io import _RowChunks
+
+    hf = tm.build_hf_head(tmp_path / "hf", tm.HeadSpec("specforge", own_embeddings=True), n_vocab)
+    convert(hf, str(targets["llama"]), tmp_path / "whole.gguf", outtype, log=lambda *a: None)
+    monkeypatch.setattr(_RowChunks, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(LazyTensor, "CHUNK_ROWS", 5)
+    convert(hf, str(targets["llama"]), tmp_path / "chunked.gguf", outtype, log=lambda *a: None)
+    assert (tmp_path / "chunked.gguf").read_bytes() == (tmp_path / "whole.gguf").read_bytes()

@@ -8,31 +8,81 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from .errors import ConversionError
-from .gguf_io import read_head_gguf, write_head_gguf
+from .checkpoint import LazyTensor
+from .gguf_io import GgufWeights, write_head_gguf
 from .head import Eagle3Head, check_against_target
 from .layouts import load_hf_head
 from .reference import decode, encode
 from .target import load_target
 
 
-def reference_roundtrip(original: Eagle3Head, written: Eagle3Head, n: int = 8, seed: int = 0) -> float:
-    """Max relative difference of the reference outputs of the two heads on random inputs."""
+LM_SAMPLE_ROWS = 2048  # draft-vocabulary rows whose logits the reference check computes
+CHUNK_ROWS = 4096      # rows compared at a time by the whole-tensor check
+
+
+class _Loaded:
+    """A head whose LazyTensor fields are read on each access: the reference math gets arrays."""
+
+    def __init__(self, head: Eagle3Head):
+        self._head = head
+
+    def __getattr__(self, name: str) -> Any:
+        return np.asarray(v) if isinstance(v := getattr(self._head, name), LazyTensor) else v
+
+    def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return getattr(self._head, name)[rows]
+
+
+class _LmSample:
+    """A head's weights with lm_head cut to some rows: the reference check's logits over a sample."""
+
+    def __init__(self, w: Union[_Loaded, GgufWeights], rows: np.ndarray):
+        self._w, self.lm_head = w, w.rows("lm_head", rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._w, name)
+
+
+def reference_roundtrip(original: Eagle3Head, written: GgufWeights, n: int = 8,
+                        seed: int = 0) -> float:
+    """Max relative difference of the reference outputs of the two heads on random inputs, at
+    positions spread over the context (so that RoPE scaling of low frequencies shows), with the
+    logits of at most LM_SAMPLE_ROWS draft tokens."""
     rng = np.random.default_rng(seed)
     c = original.config
     f = rng.standard_normal((n, 3 * c.target_hidden_size))
     emb = rng.standard_normal((n, c.hidden_size))
-    lm = None if original.lm_head is not None else rng.standard_normal((c.draft_vocab_size, c.hidden_size))
+    pos = np.linspace(0, c.max_position_embeddings - 1, n).astype(np.int64)
+    rows = np.unique(np.linspace(0, c.draft_vocab_size - 1, min(LM_SAMPLE_ROWS, c.draft_vocab_size)).astype(np.int64))
+    lm = None if original.lm_head is not None else rng.standard_normal((len(rows), c.hidden_size))
     out = []
-    for head in (original, written):
-        g = encode(head, head.config, f)
-        logits, h = decode(head, head.config, emb, g, np.arange(n), lm_head=lm)
+    for head in (_Loaded(original), written):
+        w = _LmSample(head, rows) if lm is None else head
+        g = encode(w, head.config, f)
+        logits, h = decode(w, head.config, emb, g, pos, lm_head=lm)
         out.append((g, logits, h))
     return max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)) for a, b in zip(*out))
+
+
+def vocabulary_roundtrip(original: Eagle3Head, written: GgufWeights) -> float:
+    """Max relative difference, per chunk of CHUNK_ROWS rows, of lm_head and embed_tokens (the
+    reference check samples the first and never reads the second); d2t must be identical."""
+    if (original.d2t is None) != (written.d2t is None) or \
+            (original.d2t is not None and not np.array_equal(original.d2t, written.d2t)):
+        raise ConversionError(f"{written.path}: d2t was not written as the checkpoint's absolute ids")
+    worst = 0.0
+    for name in ("lm_head", "embed_tokens"):
+        a = getattr(original, name)
+        for start in range(0, 0 if a is None else a.shape[0], CHUNK_ROWS):
+            rows = np.arange(start, min(start + CHUNK_ROWS, a.shape[0]))
+            x = a[rows[0] : rows[-1] + 1]
+            worst = max(worst, float(np.linalg.norm(x - written.rows(name, rows)) / max(np.linalg.norm(x), 1e-30)))
+    return worst
 
 
 def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", convention: Optional[str] = None,
@@ -40,6 +90,8 @@ def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", c
     tgt = load_target(target)
     head = load_hf_head(head_path, tgt, convention, target_layers)  # type: ignore[arg-type]
     check_against_target(head.config, tgt, head.embed_tokens is not None)
+    for note in head.extra["notes"]:
+        log(note if note.startswith("warning:") else f"note: {note}")
     log(f"layout: {head.extra['layout']}; target layers {list(head.config.target_layers)} "
         f"(llama.cpp 'input of layer' ids): {head.extra['layer_ids']}")
     log(f"target: {tgt.arch}, {tgt.n_layer} layers, hidden {tgt.n_embd}, vocab {tgt.n_vocab}; head hidden "
@@ -47,7 +99,8 @@ def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", c
         f"{'' if head.lm_head is not None else ' (shares the target lm_head)'}"
         f"{'' if head.embed_tokens is not None else ', shares the target token embedding'}")
     write_head_gguf(head, tgt, outfile, outtype)  # type: ignore[arg-type]
-    err = reference_roundtrip(head, read_head_gguf(outfile))  # type: ignore[arg-type]
+    written = GgufWeights(outfile)
+    err = max(reference_roundtrip(head, written), vocabulary_roundtrip(head, written))
     limit = {"f32": 1e-5, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}[outtype]
     log(f"reference check ({outtype}): max relative difference {err:.2e} (limit {limit:.0e})")
     if err > limit:

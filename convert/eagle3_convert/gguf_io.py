@@ -5,22 +5,28 @@ Conventions of the file:
     llama GGUFs because eagle3 uses RoPE type NORM;
   - d2t holds ABSOLUTE target ids as I64; t2d is not stored;
   - the target's tokenizer keys are copied (llama.cpp needs the vocabulary);
-  - eagle3.target_layers uses the "input of layer" convention.
+  - eagle3.target_layers uses the "input of layer" convention;
+  - RoPE scaling through llama.cpp's generic keys, which its eagle3 loader honours:
+    llama3 as the rope_freqs tensor (divisors per frequency), linear and yarn as
+    eagle3.rope.scaling.{type,factor,original_context_length,attn_factor}. llama.cpp
+    multiplies YaRN's cos/sin by get_mscale(factor) * attn_factor, so attn_factor holds
+    HF's attention_factor / get_mscale(factor).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
 from .errors import ConversionError
 from .gguf_header import read_gguf_header
 from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
+from .hf_config import yarn_mscale
 from .reference import rope_factors
-from .target import TargetInfo, dequantize_tensor, gguf_metadata, open_gguf
+from .target import TargetInfo
 
 ARCH = "eagle3"
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
@@ -70,17 +76,91 @@ def write_kv(w: Any, key: str, value: Any) -> None:
         w.add_string(key, str(value))
 
 
-def _encode_tensor(name: str, w: np.ndarray, outtype: OutType) -> tuple[np.ndarray, Any]:
+def _encoding(name: str, shape: tuple[int, ...], outtype: OutType) -> tuple[Any, Any]:
+    """(numpy dtype, gguf quantization type or None) a canonical tensor is written as."""
     import gguf
 
+    if name == "d2t":
+        return np.int64, None
     if name not in _MATRICES or outtype == "f32":
-        return np.ascontiguousarray(w, dtype=np.float32), None
-    if outtype == "f16":
-        return np.ascontiguousarray(w, dtype=np.float16), None
-    qtype = gguf.GGMLQuantizationType.BF16 if outtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
-    if outtype == "q8_0" and w.shape[-1] % 32:
-        return np.ascontiguousarray(w, dtype=np.float16), None  # Q8_0 needs rows of 32k values
-    return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype), qtype
+        return np.float32, None
+    if outtype == "f16" or (outtype == "q8_0" and shape[-1] % 32):  # Q8_0 needs rows of 32k values
+        return np.float16, None
+    return np.uint8, gguf.GGMLQuantizationType.BF16 if outtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
+
+
+def _encode_tensor(w: np.ndarray, dtype: Any, qtype: Any) -> np.ndarray:
+    import gguf
+
+    if qtype is None:
+        return np.ascontiguousarray(w, dtype=dtype)
+    return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype)
+
+
+RowReader = Callable[[int, int], np.ndarray]
+
+
+def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...], RowReader, bool]]:
+    """(canonical field, GGUF name, shape, rows(start, stop) in file orientation, whole): the writer
+    asks for CHUNK_ROWS rows at a time, or for every row at once when `whole` (q/k: the
+    permutation works per head; vectors)."""
+    c = head.config
+    n_heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
+    out = []
+    for field_name, tensor_name in TENSOR_NAMES.items():
+        t = getattr(head, field_name)
+        if t is None:
+            continue
+        if field_name in n_heads:
+            rows = lambda a, b, t=t, n=n_heads[field_name]: permute_qk(np.asarray(t), n)[a:b]
+        else:
+            rows = lambda a, b, t=t: np.asarray(t[a:b])
+        out.append((field_name, tensor_name, tuple(t.shape), rows, field_name in n_heads or len(t.shape) == 1))
+    f = rope_factors(c)
+    if f is not None:
+        out.append(("rope_freqs", "rope_freqs.weight", f.shape, lambda a, b: f[a:b].astype(np.float32), True))
+    return out
+
+
+class _RowChunks:
+    """A tensor's file data, encoded CHUNK_ROWS rows at a time while it is written.
+    GGUFWriter.write_tensor_data asks its argument only for .nbytes and .tofile(file) (it
+    byteswaps only for a big-endian file, which this writer never makes), so no matrix of a
+    real head is ever converted whole."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, rows: RowReader, n_rows: int, nbytes: int, encode: Callable[[np.ndarray], np.ndarray],
+                 whole: bool):
+        self.nbytes, self._rows, self._n, self._encode = nbytes, rows, n_rows, encode
+        self._chunk = max(n_rows, 1) if whole else self.CHUNK_ROWS
+
+    def tofile(self, f: Any) -> None:
+        for start in range(0, max(self._n, 1), self._chunk):
+            self._encode(self._rows(start, min(start + self._chunk, self._n))).tofile(f)
+
+
+def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType) -> None:
+    """Tensor infos first (shapes and sizes need no data), then the data one tensor at a time."""
+    import gguf
+
+    plan = []
+    for field_name, name, shape, rows, whole in _tensors_to_write(head):
+        dtype, qtype = _encoding(field_name, shape, outtype)
+        if qtype is None:
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            w.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
+        else:
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
+            nbytes = int(np.prod(byte_shape))
+            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=qtype)
+        encode = lambda a, dtype=dtype, qtype=qtype: _encode_tensor(a, dtype, qtype)
+        plan.append(_RowChunks(rows, shape[0], nbytes, encode, whole))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for data in plan:
+        w.write_tensor_data(data)
 
 
 def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype: OutType = "f16",
@@ -107,31 +187,40 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     w.add_uint32(f"{ARCH}.target_hidden_size", c.target_hidden_size)
     w.add_bool(f"{ARCH}.norm_before_residual", c.norm_before_residual)
     w.add_bool(f"{ARCH}.norm_before_fc", c.norm_before_fc)
+    _write_rope_scaling(w, c)
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[outtype])
     for key, value in target.tokenizer.items():
         write_kv(w, key, value)
 
-    for field_name, tensor_name in TENSOR_NAMES.items():
-        t = getattr(head, field_name)
-        if t is None:
-            continue
-        if field_name == "d2t":
-            w.add_tensor(tensor_name, np.ascontiguousarray(t, dtype=np.int64))
-            continue
-        if field_name == "q_proj":
-            t = permute_qk(t, c.num_attention_heads)
-        elif field_name == "k_proj":
-            t = permute_qk(t, c.num_key_value_heads)
-        data, raw = _encode_tensor(field_name, t, outtype)
-        w.add_tensor(tensor_name, data, raw_dtype=raw)
-    f = rope_factors(c)
-    if f is not None:
-        w.add_tensor("rope_freqs.weight", f.astype(np.float32))
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    _write_tensors(w, head, outtype)
     w.close()
+
+
+def _write_rope_scaling(w: Any, c: Eagle3Config) -> None:
+    s = c.rope_scaling or {}
+    kind = s.get("rope_type")
+    if kind not in ("linear", "yarn"):
+        return  # none, or llama3 / freqs: the rope_freqs tensor
+    w.add_string(f"{ARCH}.rope.scaling.type", kind)
+    w.add_float32(f"{ARCH}.rope.scaling.factor", float(s["factor"]))
+    if kind == "yarn":
+        w.add_uint32(f"{ARCH}.rope.scaling.original_context_length", int(s["original_max_position_embeddings"]))
+        w.add_float32(f"{ARCH}.rope.scaling.attn_factor", float(s["attention_factor"]) / yarn_mscale(float(s["factor"])))
+
+
+def _read_rope_scaling(meta: dict[str, Any]) -> Optional[dict]:
+    kind = meta.get(f"{ARCH}.rope.scaling.type", "none")
+    if kind in ("none", "linear") and float(meta.get(f"{ARCH}.rope.scaling.factor", 1.0)) == 1.0:
+        return None
+    factor = float(meta.get(f"{ARCH}.rope.scaling.factor", 1.0))
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": factor}
+    if kind == "yarn":
+        attn = float(meta.get(f"{ARCH}.rope.scaling.attn_factor", 1.0)) * yarn_mscale(factor)
+        return {"rope_type": "yarn", "factor": factor, "attention_factor": attn,
+                "original_max_position_embeddings": int(meta.get(f"{ARCH}.rope.scaling.original_context_length",
+                                                                 meta.get(f"{ARCH}.context_length", 4096)))}
+    raise ConversionError(f"key {ARCH}.rope.scaling.type is {kind!r}: this converter writes none, linear or yarn")
 
 
 def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) -> Eagle3Config:
@@ -166,6 +255,7 @@ def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) ->
         max_position_embeddings=int(meta.get(f"{ARCH}.context_length", 4096)),
         norm_before_residual=bool(meta.get(f"{ARCH}.norm_before_residual", False)),
         norm_before_fc=bool(meta.get(f"{ARCH}.norm_before_fc", False)),
+        rope_scaling=_read_rope_scaling(meta),
     )
 
 
@@ -188,19 +278,60 @@ def _check_layout(path: Path, meta: dict[str, Any], tensor_names: set[str], d2t_
     return config
 
 
+class GgufWeights:
+    """A head GGUF's weights read on demand from the memory-mapped file: an attribute named like an
+    Eagle3Head field is that tensor (HF orientation, float32, q/k un-permuted; d2t int64; None when
+    absent), `rows` reads only some rows. The converter's read-back check runs on it, so it never
+    holds a second copy of the head."""
+
+    def __init__(self, path: Path):
+        header = read_gguf_header(Path(path))
+        self.path, self._tensors, self._size = header.path, header.tensors, header.size
+        d2t = self._tensors.get("d2t")
+        self.config = _check_layout(self.path, header.meta, set(self._tensors), d2t.ne[0] if d2t is not None else 0)
+        if "rope_freqs.weight" in self._tensors:
+            self.config.rope_scaling = {"rope_type": "freqs",
+                                        "factors": self._read("rope_freqs.weight").astype(float).tolist()}
+
+    def has(self, field_name: str) -> bool:
+        return TENSOR_NAMES[field_name] in self._tensors
+
+    def __getattr__(self, field_name: str) -> Optional[np.ndarray]:
+        if field_name not in TENSOR_NAMES:
+            raise AttributeError(field_name)
+        return self.rows(field_name) if self.has(field_name) else None
+
+    def rows(self, field_name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """The tensor, or only `rows` of a matrix (q/k rows only whole: they are stored permuted)."""
+        t = self._read(TENSOR_NAMES[field_name], rows)
+        if field_name == "d2t":
+            return t
+        if rows is None and field_name in ("q_proj", "k_proj"):
+            c = self.config
+            t = unpermute_qk(t, c.num_attention_heads if field_name == "q_proj" else c.num_key_value_heads)
+        return t
+
+    def _read(self, name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        import gguf
+
+        t = self._tensors[name]
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type)]
+        n_rows, row_bytes = int(np.prod(t.ne[1:])), t.ne[0] // block * type_size
+        if t.offset + n_rows * row_bytes > self._size:
+            raise ConversionError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
+        data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
+        picked = data if rows is None else data[rows]  # the mapping itself, or a copy of some rows
+        shape = tuple(reversed(t.ne)) if rows is None else (len(rows), *reversed(t.ne[:-1]))
+        if t.type == gguf.GGMLQuantizationType.I64:
+            return picked.view("<i8").reshape(shape).astype(np.int64)
+        values = gguf.quants.dequantize(picked, gguf.GGMLQuantizationType(t.type)).reshape(shape)
+        return values.astype(np.float32, copy=False)
+
+
 def read_head_gguf(path: Path) -> Eagle3Head:
     """The head in a GGUF file, weights dequantized to float32 and q/k un-permuted."""
-    path = Path(path)
-    reader = open_gguf(path)
-    by_name = {t.name: t for t in reader.tensors}
-    d2t = by_name.get("d2t")
-    config = _check_layout(path, gguf_metadata(reader), set(by_name), int(d2t.shape[0]) if d2t is not None else 0)
-    tensors = {f: dequantize_tensor(by_name[n]) for f, n in TENSOR_NAMES.items() if n in by_name}
-    for k in tensors:
-        tensors[k] = tensors[k].astype(np.int64 if k == "d2t" else np.float32)
-    tensors["q_proj"] = unpermute_qk(tensors["q_proj"], config.num_attention_heads)
-    tensors["k_proj"] = unpermute_qk(tensors["k_proj"], config.num_key_value_heads)
-    head = Eagle3Head(config=config, **tensors)
+    w = GgufWeights(path)
+    head = Eagle3Head(config=w.config, **{f: w.rows(f) for f in TENSOR_NAMES if w.has(f)})
     head.validate()
     return head
 

@@ -1,7 +1,10 @@
 """The canonical EAGLE-3 head: one config and one set of weights, whatever layout it came from.
 
 Weights are kept in HF orientation ([out, in] matrices), float32, with q/k NOT
-permuted; the GGUF writer applies llama.cpp's conventions. `target_layers` always
+permuted; the GGUF writer applies llama.cpp's conventions. A head read from a
+safetensors checkpoint holds its matrices as checkpoint.LazyTensor (shape known,
+values read when used, np.asarray gives the array), so a real head is never in
+memory whole. `target_layers` always
 uses llama.cpp's convention: id L = the INPUT of target layer L (= HF
 hidden_states[L]), valid ids 1..n_layer-1.
 """
@@ -9,7 +12,7 @@ hidden_states[L]), valid ids 1..n_layer-1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -33,7 +36,7 @@ class Eagle3Config:
     draft_vocab_size: int               # Vd (== vocab_size when there is no d2t)
     target_layers: tuple[int, int, int]
     max_position_embeddings: int = 4096
-    rope_scaling: Optional[dict] = None  # None, or HF "llama3" scaling
+    rope_scaling: Optional[dict] = None  # None or canonical scaling (hf_config.py: llama3, linear, yarn, freqs)
     norm_before_residual: bool = False
     norm_before_fc: bool = False
 
@@ -50,6 +53,14 @@ def expected_shapes(c: Eagle3Config) -> dict[str, tuple[int, ...]]:
         "lm_head": (c.draft_vocab_size, hd), "embed_tokens": (c.vocab_size, hd),
         "d2t": (c.draft_vocab_size,), "enc_norm": (3 * ht,),
     }
+
+
+_FINITE_CHUNK_ROWS = 4096
+
+
+def _all_finite(t: Any) -> bool:
+    """np.isfinite over a tensor a block of rows at a time (a LazyTensor is never read whole)."""
+    return all(bool(np.isfinite(t[a : a + _FINITE_CHUNK_ROWS]).all()) for a in range(0, t.shape[0], _FINITE_CHUNK_ROWS))
 
 
 @dataclass
@@ -103,7 +114,7 @@ class Eagle3Head:
             if t.dtype.kind != "f":
                 raise ConversionError(f"tensor {name} holds {t.dtype} values: weights must be floating point "
                                       f"(the checkpoint is damaged or not an EAGLE-3 head)")
-            if not np.isfinite(t).all():
+            if not _all_finite(t):
                 raise ConversionError(f"tensor {name} contains NaN or infinite values")
         if c.norm_before_fc and self.enc_norm is None:
             raise ConversionError("norm_before_fc is set but the head has no input_norm (enc_norm) tensor")
@@ -133,6 +144,10 @@ def check_against_target(config: Eagle3Config, target: "TargetInfo", has_embed_t
                               f"this head was trained for another model")
     if config.vocab_size != target.n_vocab:
         raise ConversionError(f"head vocab_size {config.vocab_size} differs from the {target.n_vocab} tokens of {where}")
+    if target.n_layer in config.target_layers:
+        raise ConversionError(f"target_layers {list(config.target_layers)}: id {target.n_layer} taps the output of the "
+                              f"last layer of {where}, which llama.cpp reduces to the rows that return logits, so "
+                              f"this runtime cannot capture it at every position (it needs ids 1..{target.n_layer - 1})")
     bad = [i for i in config.target_layers if not 1 <= i <= target.n_layer - 1]
     if bad:
         raise ConversionError(f"target_layers {list(config.target_layers)}: id(s) {bad} are outside 1..{target.n_layer - 1} "

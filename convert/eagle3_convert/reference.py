@@ -61,16 +61,22 @@ def rms_norm(x: Any, w: Any, eps: float) -> Any:
     return x / _lib(x).sqrt(_mean_last(x * x) + eps) * w
 
 
+def _base_inv_freq(c: Eagle3Config) -> np.ndarray:
+    return 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
+
+
 def rope_factors(c: Eagle3Config) -> Optional[np.ndarray]:
-    """Per-frequency divisors for HF "llama3" RoPE scaling ([head_dim/2]), else None."""
-    s = c.rope_scaling
-    if not s:
+    """Per-frequency divisors ([head_dim/2]; llama.cpp's rope_freqs tensor) for "llama3" scaling
+    (computed) and "freqs" (stored), else None."""
+    s = c.rope_scaling or {}
+    if s.get("rope_type") == "freqs":
+        return np.asarray(s["factors"], dtype=np.float64)
+    if s.get("rope_type") != "llama3":
         return None
-    factor = float(s.get("factor", 8.0))
-    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
-    old_ctx = float(s.get("original_max_position_embeddings", 8192))
-    inv = 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
-    wavelen = 2 * np.pi / inv
+    factor = float(s["factor"])
+    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old_ctx = float(s["original_max_position_embeddings"])
+    wavelen = 2 * np.pi / _base_inv_freq(c)
     smooth = (old_ctx / wavelen - low) / (high - low)
     out = 1.0 / ((1 - smooth) / factor + smooth)
     out = np.where(wavelen < old_ctx / high, 1.0, out)
@@ -78,14 +84,45 @@ def rope_factors(c: Eagle3Config) -> Optional[np.ndarray]:
     return out
 
 
+def _yarn_inv_freq(c: Eagle3Config, s: dict) -> np.ndarray:
+    """HF YaRN (beta_fast 32, beta_slow 1, truncated correction range): extrapolated high
+    frequencies, interpolated (divided by factor) low ones, a linear ramp between."""
+    dim, base = c.head_dim, c.rope_theta
+    orig = float(s["original_max_position_embeddings"])
+
+    def correction_dim(rotations: float) -> float:
+        return dim * np.log(orig / (rotations * 2 * np.pi)) / (2 * np.log(base))
+
+    low = max(np.floor(correction_dim(32.0)), 0.0)
+    high = min(np.ceil(correction_dim(1.0)), dim - 1.0)
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / max(high - low, 0.001), 0.0, 1.0)
+    extrapolate = 1.0 - ramp
+    inv = _base_inv_freq(c)
+    return inv / float(s["factor"]) * (1 - extrapolate) + inv * extrapolate
+
+
+def rope_inv_freq(c: Eagle3Config) -> np.ndarray:
+    """Angular speed per frequency ([head_dim/2]) after the config's RoPE scaling."""
+    s = c.rope_scaling or {}
+    if s.get("rope_type") == "linear":
+        return _base_inv_freq(c) / float(s["factor"])
+    if s.get("rope_type") == "yarn":
+        return _yarn_inv_freq(c, s)
+    f = rope_factors(c)
+    return _base_inv_freq(c) if f is None else _base_inv_freq(c) / f
+
+
+def rope_attention_factor(c: Eagle3Config) -> float:
+    """YaRN's factor on cos and sin (1 for every other scaling)."""
+    s = c.rope_scaling or {}
+    return float(s["attention_factor"]) if s.get("rope_type") == "yarn" else 1.0
+
+
 def rope(x: Any, pos: np.ndarray, c: Eagle3Config) -> Any:
     """HF rotate-half RoPE. x: [..., n, heads, head_dim], pos: [n] (NumPy ints)."""
-    inv = 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
-    f = rope_factors(c)
-    if f is not None:
-        inv = inv / f
-    ang = np.asarray(pos, dtype=np.float64)[:, None] * inv[None, :]      # [n, hd/2]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    ang = np.asarray(pos, dtype=np.float64)[:, None] * rope_inv_freq(c)[None, :]      # [n, hd/2]
+    m = rope_attention_factor(c)
+    cos, sin = m * np.cos(ang)[:, None, :], m * np.sin(ang)[:, None, :]
     if not _is_np(x):
         cos, sin = (_lib(x).as_tensor(a, dtype=x.dtype, device=x.device) for a in (cos, sin))
     half = c.head_dim // 2

@@ -140,3 +140,20 @@ def gguf_tensor(reader: Any, name: str) -> np.ndarray | None:
         if t.name == name:
             return dequantize_tensor(t).astype(np.float32)
     return None
+
+
+def output_rows(target: TargetInfo, rows: np.ndarray) -> np.ndarray:
+    """Rows of the target's output matrix (its token embedding when the GGUF ties them, as llama.cpp
+    does) as float32 [len(rows), n_embd]; reads only those rows of the file."""
+    import gguf
+
+    path = Path(target.source)
+    if not path.is_file():
+        raise ConversionError("the head has no lm_head and a reduced draft vocabulary, so its lm_head is cut from "
+                              "the target's output matrix: pass the target GGUF with --target")
+    by_name = {t.name: t for t in open_gguf(path).tensors}
+    t = by_name.get("output.weight") or by_name.get("token_embd.weight")
+    if t is None:
+        raise ConversionError(f"{path}: target GGUF has neither output.weight nor token_embd.weight")
+    picked = np.asarray(t.data)[np.asarray(rows, dtype=np.int64)]  # quantized: [rows, bytes per row]
+    return gguf.quants.dequantize(picked, t.tensor_type).reshape(len(rows), -1).astype(np.float32)
