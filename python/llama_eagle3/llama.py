@@ -36,6 +36,7 @@ import numpy as np
 
 from ._native import core, llama_cpp
 from .capture import CaptureMode, FeatureCapture, context_address
+from .hub import cached_repo_file, offline, resolve_head
 from .policy import DraftPolicy
 from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
@@ -60,7 +61,10 @@ class Llama(llama_cpp.Llama):
     """A drop-in llama_cpp.Llama; with eagle3_head it decodes speculatively and losslessly.
 
     Args (besides every llama_cpp.Llama argument):
-        eagle3_head: path of an EAGLE-3 head GGUF (convert-eagle3-gguf makes one).
+        eagle3_head: an EAGLE-3 head: a GGUF (convert-eagle3-gguf makes one), an HF head checkpoint
+            directory, or a Hugging Face hub repo id "org/name[@revision]" (downloaded with
+            huggingface_hub, HF_HUB_OFFLINE honoured); the last two are converted against
+            model_path once and cached (llama_eagle3.hub).
         eagle3_draft_max: longest chain drafted per round.
         eagle3_adaptive: choose each round's draft length (0 = plain decoding) from the target's
             decode cost T(n), the head's step cost and the acceptance measured in this process
@@ -105,12 +109,14 @@ class Llama(llama_cpp.Llama):
                                    tree_nodes=self.eagle3_tree_nodes)
         if eagle3_capture not in ("auto", "hook", "builtin"):
             raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {eagle3_capture!r}")
-        head_path = Path(eagle3_head) if eagle3_head is not None else None
-        if head_path is not None:
-            if not head_path.is_file():
-                raise ValueError(f"EAGLE-3 head does not exist: {head_path}")
+        head_path = None
+        if eagle3_head is not None:
             if kwargs.get("draft_model") is not None:
                 raise ValueError("eagle3_head and draft_model cannot be combined")
+            if not Path(eagle3_head).expanduser().is_file() and not Path(model_path).is_file():
+                raise ValueError(f"Model path does not exist: {model_path}")  # llama_cpp.Llama's message
+            # a GGUF as is; an HF checkpoint directory or a hub repo id: converted once, cached (hub.py)
+            head_path = resolve_head(eagle3_head, model_path)
             # llama.cpp's attention without flash attention gives different results for a token
             # decoded alone and the same token inside a batch (measured on CPU: up to 1.7 in a
             # logit), so no batched verification could reproduce plain decoding bit for bit.
@@ -130,6 +136,20 @@ class Llama(llama_cpp.Llama):
                                  + f" (one verify decode holds the last token and every draft); got n_batch="
                                  f"{self.n_batch}, n_ubatch={self.context_params.n_ubatch}")
             self._attach_head(head_path, eagle3_capture)
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: Optional[str], additional_files: Optional[list] = None,
+                        local_dir: Optional[Union[str, Path]] = None, local_dir_use_symlinks="auto",
+                        cache_dir: Optional[Union[str, Path]] = None, **kwargs) -> "Llama":
+        """llama_cpp.Llama.from_pretrained (eagle3_head and every other argument pass through), which
+        also works offline (HF_HUB_OFFLINE=1) from the hub cache: llama-cpp-python's lists the repo's
+        files online first, so offline the one cached file matching `filename` is used."""
+        if offline() and filename is not None and not additional_files and local_dir is None:
+            path = cached_repo_file(repo_id, filename, None if cache_dir is None else str(cache_dir))
+            return cls(model_path=str(path), **kwargs)
+        return super().from_pretrained(repo_id, filename, additional_files=additional_files, local_dir=local_dir,
+                                       local_dir_use_symlinks=local_dir_use_symlinks, cache_dir=cache_dir,
+                                       **kwargs)
 
     # ---- set-up ---------------------------------------------------------------------
 

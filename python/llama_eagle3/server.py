@@ -3,7 +3,8 @@
 Accepts everything `python -m llama_cpp.server` accepts (command-line settings, or
 `--config_file` JSON/YAML with several models) plus, per model:
 
-    eagle3_head        path of an EAGLE-3 head GGUF: that model decodes speculatively
+    eagle3_head        an EAGLE-3 head: GGUF path, HF head directory or hub repo id "org/name[@rev]"
+                       (converted against the model once, cached): that model decodes speculatively
     eagle3_draft_max   longest draft per round (default 4)
     eagle3_adaptive    choose each round's draft length by measured cost (default true)
     eagle3_p_min       head confidence cut-off (default 0.5)
@@ -43,7 +44,8 @@ from .llama import Llama
 
 
 class Eagle3ModelSettings(ModelSettings):
-    eagle3_head: Optional[str] = Field(default=None, description="EAGLE-3 head GGUF (speculative decoding)")
+    eagle3_head: Optional[str] = Field(default=None, description="EAGLE-3 head (speculative decoding): GGUF, HF "
+                                                                     "head directory or hub repo id org/name[@rev]")
     eagle3_draft_max: int = Field(default=4, ge=0, description="Longest EAGLE-3 draft per round")
     eagle3_adaptive: bool = Field(default=True, description="Choose each round's draft length by measured cost")
     eagle3_p_min: float = Field(default=0.5, ge=0.0, le=1.0, description="Stop a draft below this head confidence")
@@ -80,13 +82,19 @@ class Eagle3LlamaProxy(server_model.LlamaProxy):
         if head is None:
             return server_model.LlamaProxy.load_llama_from_model_settings(settings)
 
-        def make(*args: Any, **kwargs: Any) -> Llama:
-            if "flash_attn" not in settings.model_fields_set:
-                kwargs["flash_attn"] = True
-            return Llama(*args, eagle3_head=head, eagle3_draft_max=settings.eagle3_draft_max,
-                         eagle3_adaptive=settings.eagle3_adaptive, eagle3_p_min=settings.eagle3_p_min,
-                         eagle3_capture=settings.eagle3_capture, eagle3_tree_width=settings.eagle3_tree_width,
-                         eagle3_tree_nodes=settings.eagle3_tree_nodes, **kwargs)
+        class Configured(Llama):
+            """Llama with this model's EAGLE-3 settings; a class, so that the loader's
+            Llama.from_pretrained (hf_model_repo_id) builds one too."""
+
+            def __init__(self, *args: Any, **kwargs: Any):
+                if "flash_attn" not in settings.model_fields_set:
+                    kwargs["flash_attn"] = True
+                super().__init__(*args, eagle3_head=head, eagle3_draft_max=settings.eagle3_draft_max,
+                                 eagle3_adaptive=settings.eagle3_adaptive, eagle3_p_min=settings.eagle3_p_min,
+                                 eagle3_capture=settings.eagle3_capture, eagle3_tree_width=settings.eagle3_tree_width,
+                                 eagle3_tree_nodes=settings.eagle3_tree_nodes, **kwargs)
+
+        make = Configured
 
         # llama-cpp-python's loader maps every setting (chat format, kv overrides, LoRA, ...) onto
         # llama_cpp.Llama(...): let it, with our class in its place
