@@ -108,6 +108,16 @@ def test_from_pretrained_passes_the_hub_head(offline, targets):
     assert greedy(llm) == greedy(llama_cpp.Llama(str(targets["llama"]), flash_attn=True, **KW))
 
 
+def test_local_checkpoint_directory_converts_once(hub_cache, targets, tmp_path, monkeypatch):
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "heads"))
+    ckpt = hub_cache.parent / "checkpoint"
+    before = hub.conversions
+    first = hub.resolve_head(str(ckpt), targets["llama"], log=lambda s: None)
+    assert hub.resolve_head(ckpt, targets["llama"], log=lambda s: None) == first and hub.conversions == before + 1
+    os.utime(ckpt / "config.json", ns=(1, 1))  # an edited checkpoint is another key
+    assert hub.resolve_head(ckpt, targets["llama"], log=lambda s: None) != first and hub.conversions == before + 2
+
+
 def test_model_ref_parsing(tmp_path):
     assert hub.parse_model_ref("org/repo:Q4_K_M") == ("org/repo", "*[qQ]4_[kK]_[mM].gguf")
     assert hub.parse_model_ref("org/repo") == ("org/repo", "*.gguf")

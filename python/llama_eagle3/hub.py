@@ -141,8 +141,9 @@ def _explain(repo: str, revision: Optional[str], no_network: bool, e: Exception)
     at = f"{repo}@{revision}" if revision else repo
     if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "IncompleteSnapshotError") or no_network:
         how = ("HF_HUB_OFFLINE is set (or local_files_only): unset it for one run to download the head, or "
-               f"fetch it first with `hf download {repo}`" if no_network else
-               f"check your connection, or fetch it elsewhere with `hf download {repo}` and copy the cache")
+               f"fetch it first with `hf download {repo}` (older huggingface_hub: `huggingface-cli download`)"
+               if no_network else
+               f"Check your connection, or fetch it elsewhere with `hf download {repo}` and copy the cache")
         return HubHeadError(f"EAGLE-3 head {at!r}: not in the Hugging Face cache ({hf_cache_dir() or 'default'}) "
                             f"and the hub cannot be reached. {how}; or pass a local head GGUF / checkpoint "
                             f"directory as eagle3_head. ({name}: {first})")
