@@ -66,11 +66,13 @@ def greedy(llm: llama_cpp.Llama, n: int = 24) -> str:
 
 def test_hub_head_drafts_equals_plain_and_converts_once(offline, targets, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path))  # an empty converted-heads cache
+    monkeypatch.setattr("eagle3_convert.gguf_io.PROGRESS_BYTES", 0)  # a line per tensor, as for a large head
     target = str(targets["llama"])
     before = hub.conversions
     spec = Llama(target, eagle3_head=HEAD_REPO, **KW, **SPEC)
     assert spec.is_speculative and hub.conversions == before + 1
-    assert "converting EAGLE-3 head" in capsys.readouterr().err  # the one-time conversion is announced
+    err = capsys.readouterr().err  # the one-time conversion is announced, with progress
+    assert "converting EAGLE-3 head tiny-org/tiny-eagle3-head" in err and "writing blk.0.ffn_up.weight" in err
     text = greedy(spec)
     assert spec.speculative_stats()["rounds"] > 0
     plain = llama_cpp.Llama(target, flash_attn=True, **KW)

@@ -98,8 +98,9 @@ def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", c
         f"{head.config.hidden_size}, draft vocab {head.config.draft_vocab_size}"
         f"{'' if head.lm_head is not None else ' (shares the target lm_head)'}"
         f"{'' if head.embed_tokens is not None else ', shares the target token embedding'}")
-    write_head_gguf(head, tgt, outfile, outtype)  # type: ignore[arg-type]
+    write_head_gguf(head, tgt, outfile, outtype, progress=log)  # type: ignore[arg-type]
     written = GgufWeights(outfile)
+    log(f"{outfile.stat().st_size / 1e9:.2f} GB written; reading it back for the reference check")
     err = max(reference_roundtrip(head, written), vocabulary_roundtrip(head, written))
     limit = {"f32": 1e-5, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}[outtype]
     log(f"reference check ({outtype}): max relative difference {err:.2e} (limit {limit:.0e})")

@@ -140,8 +140,12 @@ class _RowChunks:
             self._encode(self._rows(start, min(start + self._chunk, self._n))).tofile(f)
 
 
-def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType) -> None:
-    """Tensor infos first (shapes and sizes need no data), then the data one tensor at a time."""
+PROGRESS_BYTES = 64 << 20  # tensors at least this large get a progress line while written
+
+
+def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType, progress: Optional[Callable[[str], None]] = None) -> None:
+    """Tensor infos first (shapes and sizes need no data), then the data one tensor at a time;
+    progress (if given) gets a line per tensor of PROGRESS_BYTES or more (a large head's slow part)."""
     import gguf
 
     plan = []
@@ -155,16 +159,20 @@ def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType) -> None:
             nbytes = int(np.prod(byte_shape))
             w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=qtype)
         encode = lambda a, dtype=dtype, qtype=qtype: _encode_tensor(a, dtype, qtype)
-        plan.append(_RowChunks(rows, shape[0], nbytes, encode, whole))
+        plan.append((name, shape, _RowChunks(rows, shape[0], nbytes, encode, whole)))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for data in plan:
+    total, done = sum(d.nbytes for _, _, d in plan), 0
+    for name, shape, data in plan:
+        if progress is not None and data.nbytes >= PROGRESS_BYTES:
+            progress(f"writing {name} {list(shape)} ({done / 1e9:.2f} of {total / 1e9:.2f} GB written)")
         w.write_tensor_data(data)
+        done += data.nbytes
 
 
 def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype: OutType = "f16",
-                    name: str = "EAGLE-3 head") -> None:
+                    name: str = "EAGLE-3 head", progress: Optional[Callable[[str], None]] = None) -> None:
     import gguf
 
     head.validate()
@@ -192,7 +200,7 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     for key, value in target.tokenizer.items():
         write_kv(w, key, value)
 
-    _write_tensors(w, head, outtype)
+    _write_tensors(w, head, outtype, progress)
     w.close()
 
 
