@@ -116,6 +116,10 @@ def test_local_checkpoint_directory_converts_once(hub_cache, targets, tmp_path, 
     before = hub.conversions
     first = hub.resolve_head(str(ckpt), targets["llama"], log=lambda s: None)
     assert hub.resolve_head(ckpt, targets["llama"], log=lambda s: None) == first and hub.conversions == before + 1
+    # the target is known by its content: a copy elsewhere (a re-download, another mtime) hits the cache
+    copy = Path(shutil.copyfile(targets["llama"], tmp_path / "renamed.gguf"))
+    os.utime(copy, ns=(1, 1))
+    assert hub.resolve_head(ckpt, copy, log=lambda s: None) == first and hub.conversions == before + 1
     os.utime(ckpt / "config.json", ns=(1, 1))  # an edited checkpoint is another key
     assert hub.resolve_head(ckpt, targets["llama"], log=lambda s: None) != first and hub.conversions == before + 2
 
