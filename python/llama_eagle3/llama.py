@@ -427,11 +427,14 @@ class Llama(llama_cpp.Llama):
                 return self._tree_round(pending[0])
             k = min(k, room)
             if k > 0 or (room > 0 and policy.probe_due()):
+                # a round after plain steps first decodes up to 2 * OFF_WINDOW pending pairs: that
+                # catch-up is not a step cost (nor is a probe's, which is mostly catch-up)
+                steady = self._spec.n_pending <= self.eagle3_draft_max + 1
                 t0 = time.perf_counter()
                 proposed = self._spec.propose(self.input_ids, pending[0], max(k, 1), self.eagle3_p_min)
                 draft_seconds = time.perf_counter() - t0
                 stats.draft_seconds += draft_seconds
-                if k > 0:  # a probe's time is mostly its catch-up over many pending pairs: not a step cost
+                if k > 0 and steady:
                     policy.observe_draft(len(proposed), draft_seconds)
                 drafts, probe = (proposed, []) if k > 0 else ([], proposed)
         batch = pending + drafts

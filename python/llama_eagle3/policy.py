@@ -27,10 +27,12 @@ unpredictable one costs one probe per `probe_every` tokens. The gap never falls 
 2 tokens, nor below the one at which probes (their time measured) would take more than
 `probe_budget` of the plain decoding time. Where the measured
 costs need an acceptance above `hopeless_alpha` at every position before any chain beats
-plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), probes are
-`hopeless_probe_every` apart: there even perfect drafts gain little (on this project's CPU
-1.07x to 1.25x), and each probe costs a head decode of the recent context (~6 ms there,
-half a plain token).
+plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), misses widen the
+gap up to `hopeless_probe_every` instead: there even perfect drafts gain little (on this
+project's CPU 1.07x to 1.25x), and each probe costs a head decode of the recent context (~6 ms
+there, half a plain token). Hits still narrow it, so text that a head drafts right 9 times in
+10 (a chain of 3 then gains ~1.16x on that CPU) turns speculation on within a few probes
+instead of after hundreds of plain tokens.
 
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
 E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
@@ -68,8 +70,8 @@ class DraftPolicy:
     tree_nodes: int = 0          # node budget of a tree
     warmup_rounds: int = 4       # tree rounds that measure its gain before the cost model decides
     probe_every: int = 64        # most plain tokens between probes while speculation is off
-    hopeless_alpha: float = 0.8  # break-even acceptance above which probes are hopeless_probe_every apart
-    hopeless_probe_every: int = 256
+    hopeless_alpha: float = 0.8  # break-even acceptance above which misses widen the probe gap ...
+    hopeless_probe_every: int = 256  # ... up to this many tokens
     alpha_prior: float = 0.5
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
     graph_rebuilds: bool = False  # the backend rebuilds its graph when the row count changes (offloaded)
@@ -168,7 +170,10 @@ class DraftPolicy:
         self._decision = None
         self._alpha[0].add(1.0 if hit else 0.0)
         self._probe_c.add(seconds)
-        self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self.probe_every)
+        self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self._probe_cap())
+
+    def _probe_cap(self) -> int:
+        return self.hopeless_probe_every if self._hopeless else self.probe_every
 
     # ---- decisions -------------------------------------------------------------------
 
@@ -308,12 +313,11 @@ class DraftPolicy:
             breakeven = self.breakeven_alpha()
             self._hopeless = None if breakeven is None else breakeven > self.hopeless_alpha
             self._hopeless_age = 0
-        if self._hopeless:
-            gap = self.hopeless_probe_every
-        else:  # probes within probe_budget: gap >= probe time / (probe_budget * T(1))
-            t1, c = self.cost(1), self._probe_c.value
-            least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
-            gap = min(max(self._probe_gap, least), self.probe_every)
+        # probes within probe_budget: gap >= probe time / (probe_budget * T(1)); misses widen the
+        # gap up to the cap (hopeless_probe_every where hopeless), hits narrow it in either case
+        t1, c = self.cost(1), self._probe_c.value
+        least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
+        gap = min(max(self._probe_gap, least), self._probe_cap())
         if self._since_probe >= gap:
             self._since_probe = 0
             return True

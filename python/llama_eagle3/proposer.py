@@ -49,6 +49,11 @@ class Eagle3Proposer:
     def feature_end(self) -> int:
         return self.head_n + self._n_pending
 
+    @property
+    def n_pending(self) -> int:
+        """Feature rows the next propose() decodes before drafting (its catch-up)."""
+        return self._n_pending
+
     def _pending_rows(self) -> np.ndarray:
         g = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending = [g]
