@@ -127,7 +127,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     upstream-nK: llama-speculative-simple at --spec-draft-n-max K. temperature > 0 samples with
     seed = the prompt's index for every method (EAGLE-3 then reproduces plain sampling's text
     seed for seed). repeats > 1 runs each prompt that many times per method and keeps the fastest
-    (a run slowed by another process on the machine then does not decide the worst prompt).
+    run's time (a run slowed by another process on the machine then does not decide the worst
+    prompt) and the first run's text. Every run starts from an empty cache (_run).
     n_gpu_layers goes to every method, the head included (-1: all; CPU builds ignore it).
     Returns the summary (per-prompt rows under "rows")."""
     if repeats < 1:
@@ -186,8 +187,9 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
                         row[name]["tokens"] / max(row["plain"]["tokens"], 1))
             departed = {name: (ids[name], log) for name, log in logs.items()
                         if name != "plain" and not row[name]["identical"]}
-            for name, d in diagnosis.explain((ids["plain"], logs["plain"]), departed).items():
-                row[name]["divergence"] = d
+            if departed:
+                for name, d in diagnosis.explain((ids["plain"], logs["plain"]), departed).items():
+                    row[name]["divergence"] = d
         rows.append(row)
         log(f"[{i + 1}/{len(convs)}] " + "  ".join(f"{m} {row[m]['tokens'] / row[m]['seconds']:.1f} tok/s"
                                                   for m in order))
