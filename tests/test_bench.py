@@ -88,6 +88,10 @@ def test_diagnosing_a_departure_leaves_every_benchmarked_instance_as_it_was(tmp_
     assert s["methods"]["eagle3"]["departures"] == 0 and s["methods"]["eagle3"]["identical"] == 3
     d = s["rows"][0]["control"]["divergence"]
     assert d["verdict"] == UNEXPLAINED and not d["explained"]
+    lines: list[str] = []
+    bench.print_table(s, log=lines.append)
+    assert any(ln.startswith("control: 1 of 3 outputs depart") and "0 explained" in ln and "1 unexplained" in ln
+               for ln in lines), lines
 
 
 def test_texts_compared_come_from_the_first_run_and_timings_from_the_fastest(tmp_path, targets, heads, monkeypatch):
@@ -187,3 +191,10 @@ def test_departures_where_attention_depends_on_the_batch_are_explained_exactly(t
             assert not diagnosis.explain((want, logs[0]), {"forged": (forged, logs[1])})["forged"]["explained"]
     assert found, "no prompt departed: the batch-dependent attention this test relies on rounded alike"
     diagnosis.close()
+
+
+def test_sampled_runs_are_compared_without_a_diagnosis(tmp_path, targets, heads):
+    """At temperature > 0 nothing is recorded and nothing diagnosed (the exact test is of greedy picks)."""
+    s = bench.bench(str(targets["llama"]), str(heads["llama"]), _prompts(tmp_path, ("hello",)), max_tokens=6,
+                    methods=("plain", "control"), temperature=0.7, log=lambda *a: None)
+    assert s["methods"]["control"]["identical"] == 1 and "departures" not in s["methods"]["control"]
