@@ -270,8 +270,8 @@ def print_table(s: dict, log=print) -> None:
             at = [r[name]["divergence"]["at"] for r in s["rows"] if "divergence" in r[name]]
             rest = m["departures"] - m["explained"] - m["unexplained"]
             log(f"{name}: {m['departures']} of {s['n_prompts']} outputs depart from plain greedy text (first "
-                f"differing token {at}, prompt included): {m['explained']} explained: batch kernel (each side's token is the target's argmax where its own "
-                f"decodes computed it), {m['unexplained']} unexplained: please report (README, 'reporting a "
+                f"differing token {at}, prompt included): {m['explained']} explained: batch kernel (each side's "
+                f"token is the target's argmax where its own decodes computed it), {m['unexplained']} unexplained: please report (README, 'reporting a "
                 f"problem')" + (f"; {rest} only in the last token, which no run decodes" if rest else ""))
     for name, e in s["speculative"].items():
         p = e["policy"]
