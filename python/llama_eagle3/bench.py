@@ -272,7 +272,8 @@ def print_table(s: dict, log=print) -> None:
             log(f"{name}: {m['departures']} of {s['n_prompts']} outputs depart from plain greedy text (first "
                 f"differing token {at}, prompt included): {m['explained']} explained: batch kernel (each side's "
                 f"token is the target's argmax where its own decodes computed it), {m['unexplained']} "
-                f"unexplained: please report (README, 'reporting a problem')" + (f"; {rest} only in the last token, which no run decodes" if rest else ""))
+                f"unexplained: please report (README, 'reporting a problem')"
+                + (f"; {rest} only in the last token, which no run decodes" if rest else ""))
     for name, e in s["speculative"].items():
         p = e["policy"]
         log(f"{name}: {e['rounds']} verify rounds, {e['plain_steps']} plain steps; mean accepted length "
