@@ -7,8 +7,10 @@ decodes exactly: the same batches (tokens, positions, sequences, rows with logit
 order from an empty KV cache, on a separate plain llama_cpp.Llama with the same settings. The
 two texts then differ only because llama.cpp computed that position in batches of other shapes
 (on the CPU with more than one thread: a single-token decode attending 512 or more KV cells
-takes a split-KV flash-attention kernel that a batch of two or more rows does not; on a GPU:
-other matmul kernels). Anything else, a wrong row sampled, a KV cell left behind, a token the
+takes a split-KV flash-attention kernel that a batch of two or more rows does not, and the
+attended cells are padded to a multiple of 256, so from the 257th token of context on; in
+llama.cpp, ggml-cpu/ops.cpp: use_split_kv_path, llama-kv-cache.cpp: get_n_kv; on a GPU: other
+matmul kernels). Anything else, a wrong row sampled, a KV cell left behind, a token the
 target would not have chosen, is "unexplained: please report".
 
 Nothing is decoded on the benchmarked instances: their caches, and so every later comparison,
