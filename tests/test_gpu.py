@@ -4,9 +4,10 @@ speculative greedy output is plain decoding's. Skipped on CPU-only builds of lla
 
 On a GPU, a verify decode of n rows and a plain decode of one row run different matmul
 kernels, so a logit can differ in its last bits between the two. Greedy output is then
-identical except where plain decoding's top two logits tie to within that noise: the check
-below (bench._divergence, which the benchmark reports too) accepts a divergence only at such
-a near-tie, measured on the target's own logits."""
+identical except where that flips a greedy pick: the check below (fidelity.py, which the
+benchmark reports too) accepts a departure only where each side's token is the target's own
+argmax at the row that chose it, recomputed by replaying that side's decodes on a separate
+instance."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pytest
 
 from conftest import ARCHS
 from llama_eagle3 import Llama
-from llama_eagle3.bench import NEAR_TIE, _divergence
 from llama_eagle3.defaults import default_head
+from llama_eagle3.fidelity import DecodeLog, Diagnosis
 from test_capture import captured, make
 
 pytestmark = pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(),
@@ -29,22 +30,31 @@ CHATS = ["Write a short poem about the sea.", "Write a Python function that reve
          "What is 17 times 23? Show your steps.", "Give me four tips for sleeping better."]
 
 
-def greedy(llm: llama_cpp.Llama, tokens: list[int], n: int) -> list[int]:
-    out: list[int] = []
-    for t in llm.generate(tokens, temp=0.0):
-        out.append(t)
-        if len(out) == n:
+def greedy(llm: llama_cpp.Llama, log: DecodeLog, tokens: list[int], n: int) -> list[int]:
+    """n greedy tokens from an empty cache, recorded; the ids the target evaluated (prompt included)."""
+    llm.reset()
+    log.start()
+    for k, _ in enumerate(llm.generate(tokens, temp=0.0), 1):
+        if k == n:
             break
-    return out
+    log.stop()
+    return llm._input_ids.tolist()
 
 
-def assert_same_or_near_tie(plain: llama_cpp.Llama, prompt: list[int], want: list[int], got: list[int]) -> None:
-    d = _divergence(plain, prompt + want, prompt + got)
-    if d is None:
-        assert len(got) == len(want)
-        return
-    assert 0 <= d["gap"] < NEAR_TIE, (f"diverged at token {d['at'] - len(prompt)}: plain's logit leads the "
-                                      f"speculative token's by {d['gap']:.4f}")
+class SameOrExplained:
+    """Checks that spec's greedy output is plain's, or departs only where the batch kernel explains it."""
+
+    def __init__(self, model: str, plain: llama_cpp.Llama, spec: llama_cpp.Llama, settings: dict):
+        self.plain, self.spec = (plain, DecodeLog(plain)), (spec, DecodeLog(spec))
+        self.diagnosis = Diagnosis(model, settings)
+
+    def __call__(self, tokens: list[int], n: int) -> None:
+        want, got = (greedy(llm, log, tokens, n) for llm, log in (self.plain, self.spec))
+        d = self.diagnosis.explain((want, self.plain[1]), {"spec": (got, self.spec[1])}).get("spec")
+        if d is None:
+            assert len(got) == len(want)
+            return
+        assert d["explained"], f"diverged at token {d['at'] - len(tokens)}, not explained by the batch: {d}"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -60,25 +70,26 @@ def test_gpu_capture_matches_cpu(arch, targets, heads):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("width", [1, 3])
 def test_gpu_greedy_matches_plain(arch, width, targets, heads):
-    plain = llama_cpp.Llama(str(targets[arch]), n_ctx=512, verbose=False, flash_attn=True, **GPU)
-    spec = Llama(str(targets[arch]), n_ctx=512, verbose=False, eagle3_head=str(heads[arch]), eagle3_p_min=0.0,
-                 eagle3_adaptive=False, eagle3_draft_max=4, eagle3_tree_width=width, **GPU)
+    settings = dict(n_ctx=512, flash_attn=True, **GPU)
+    plain = llama_cpp.Llama(str(targets[arch]), verbose=False, **settings)
+    spec = Llama(str(targets[arch]), verbose=False, eagle3_head=str(heads[arch]), eagle3_p_min=0.0,
+                 eagle3_adaptive=False, eagle3_draft_max=4, eagle3_tree_width=width, **settings)
+    check = SameOrExplained(str(targets[arch]), plain, spec, settings)
     for p in PROMPTS:
-        toks = plain.tokenize(p.encode())
-        assert_same_or_near_tie(plain, toks, greedy(plain, toks, 80), greedy(spec, toks, 80))
+        check(plain.tokenize(p.encode()), 80)
     assert spec.speculative_stats()["rounds"] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["chain", "tree", "auto"])
 def test_gpu_shipped_head_matches_plain(mode, smollm2):
-    plain = llama_cpp.Llama(str(smollm2), n_ctx=1024, verbose=False, flash_attn=True, **GPU)
-    spec = Llama(str(smollm2), n_ctx=1024, verbose=False, flash_attn=True, eagle3_head=str(default_head()),
-                 eagle3_draft_max=4, eagle3_adaptive=mode == "auto", eagle3_tree_width=1 if mode == "chain" else 3,
-                 **GPU)
+    settings = dict(n_ctx=1024, flash_attn=True, **GPU)
+    plain = llama_cpp.Llama(str(smollm2), verbose=False, **settings)
+    spec = Llama(str(smollm2), verbose=False, eagle3_head=str(default_head()), eagle3_draft_max=4,
+                 eagle3_adaptive=mode == "auto", eagle3_tree_width=1 if mode == "chain" else 3, **settings)
+    check = SameOrExplained(str(smollm2), plain, spec, settings)
     for c in CHATS:
-        toks = plain.tokenize(_chat_prompt(plain, c).encode(), special=True)
-        assert_same_or_near_tie(plain, toks, greedy(plain, toks, 128), greedy(spec, toks, 128))
+        check(plain.tokenize(_chat_prompt(plain, c).encode(), special=True), 128)
     if mode != "auto":  # auto may rightly decode plainly (as it mostly did on an H200 with this head)
         stats = spec.speculative_stats()
         assert stats["rounds"] > 0 and stats["mean_accepted_length"] > 1.3, stats
