@@ -9,8 +9,8 @@ real. With --synthetic the model and head are random ones of a published size (s
 Methods, interleaved prompt by prompt (the order rotates) on two instances: plain
 llama-cpp-python, and one EAGLE-3 instance that runs a fixed chain of k = 1..draft_max every
 round (chain-k) and the adaptive policy (auto, chains only: a tree's acceptance is not defined
-by per-position probabilities) by swapping its draft policy; every run starts from a reset
-context, so each pays its own prompt. Auto starts each alpha from its start-up calibration,
+by per-position probabilities) by swapping its draft policy; every run starts from an empty
+cache (bench._run), so each pays its own prompt. Auto starts each alpha from its calibration,
 as a fresh process would. Next to each measured rate the cost model's prediction
 E(k) / (T(k+1) + k c), from the T(n) and head step c measured in the same run (decode and
 head time only: prompt, sampling and the loop are not in it).
@@ -79,7 +79,6 @@ class _SpecMethods:
             seed: int) -> tuple[int, float]:
         sim = SimulatedAcceptance(alphas, seed=f"{self.label}/{name}/{seed}")
         self.llm._bench_configure(self.policies[name], sim, self.stats[name])
-        self.llm.reset()
         _, n, dt, _ = _run(self.llm, messages, max_tokens, 0.0, seed)
         return n, dt
 
@@ -123,7 +122,6 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
             rot = order[i % len(order):] + order[: i % len(order)]
             for name in rot:
                 if name == "plain":
-                    plain.reset()
                     _, n, dt, _ = _run(plain, messages, max_tokens, 0.0, i)
                 else:
                     n, dt = spec.run(name, alphas, messages, max_tokens, i)
