@@ -9,7 +9,6 @@ line naming the feature."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,8 +464,7 @@ def test_quirk_greedy_identical(name, tmp_path, targets, n_vocab):
     plain.close()
 
 
-@pytest.mark.skipif(os.environ.get("LLAMA_EAGLE3_REAL_SIZE") != "1",
-                    reason="a real-size head takes a minute and 2 GB of disk: LLAMA_EAGLE3_REAL_SIZE=1 runs it")
+@pytest.mark.slow  # about a minute and 2 GB of disk
 def test_real_size_head_converts_within_its_file_size(tmp_path):
     """A random head of the Llama-3.1-8B head's shapes (bf16, 0.85 GB) against a metadata-only target
     GGUF: converts, and the converter's peak memory stays near the file size."""
