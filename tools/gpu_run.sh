@@ -12,11 +12,13 @@
 #
 #   bash tools/gpu_run.sh setup synthetic diagnose tests     # call 1
 #   bash tools/gpu_run.sh collect                            # calls that only carry model parts
-#   bash tools/gpu_run.sh setup smollm2                      # the last call
+#   bash tools/gpu_run.sh setup smollm2 train                # the last call (train: a session of its own)
 # Stages: setup, diagnose (tools/gpu_diagnose.py), tests (tests/test_gpu.py), synthetic (simulated
 # bench, llama-8b shape, Q4_K_M, every method and upstream), collect (keep carried model parts),
-# smollm2 (shipped head: greedy and temperature 0.7 benches, the slow GPU tests). Dry run on a
-# CPU machine: SYNTHETIC=tiny NGL=0 bash tools/gpu_run.sh synthetic
+# smollm2 (shipped head: greedy and temperature 0.7 benches), train (a SmolLM2 head on 8x the
+# shipped head's data: CUDA answers and captures, torch trains on CUDA; head, recipe and report
+# come back). Dry run on a CPU machine: SYNTHETIC=tiny NGL=0 bash tools/gpu_run.sh synthetic, and
+# TRAIN_PROMPTS=4 TRAIN_TOKENS=8 TRAIN_SEQ=4 TRAIN_EPOCHS=0.5 HELDOUT=<2 prompts> NGL=0 ... train
 set -uo pipefail
 ROOT=$PWD
 G=$ROOT/.gpu
@@ -122,6 +124,17 @@ smollm2() {
 }
 
 BUDGET=${BUDGET:-540}  # seconds: a stage that starts later is skipped (the device tool stops a call at 600)
+train() {  # issue 18 part 3: the SmolLM2 head on >= 8x the shipped head's answered tokens (358k)
+  [ -f "$W/smollm2.gguf" ] || { collect; cat "$W"/parts/smollm2.part-* > "$W/smollm2.gguf"; }
+  local t=$W/train-smollm2
+  "$PY" -m llama_eagle3.cli train --model "$W/smollm2.gguf" --out "$t" --n-prompts "${TRAIN_PROMPTS:-16000}" \
+    --max-new-tokens "${TRAIN_TOKENS:-192}" --n-seq "${TRAIN_SEQ:-256}" --n-gpu-layers "$NGL" --threads 8 \
+    --epochs "${TRAIN_EPOCHS:-4}" --batch-tokens 16384 --heldout "${HELDOUT:-$ROOT/examples/prompts/heldout.jsonl}"
+  for f in head.gguf config.json report.json report.png data_config.json train_config.json; do
+    [ -f "$t/$f" ] && cp "$t/$f" "$OUT/train-$f"
+  done
+}
+
 for stage in "$@"; do
   if [ $SECONDS -gt "$BUDGET" ]; then log "== $stage skipped: $SECONDS s of the $BUDGET s budget spent"; continue; fi
   log "== $stage"

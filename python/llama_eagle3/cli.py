@@ -26,7 +26,8 @@ def _train(a: argparse.Namespace) -> None:
     from .train.trainer import TrainConfig
 
     data = DataConfig(n_prompts=a.n_prompts, max_new_tokens=a.max_new_tokens, n_seq=a.n_seq, draft_vocab=a.draft_vocab,
-                      top_k=a.top_k, layer_ids=a.layers, seed=a.seed, threads=a.threads)
+                      top_k=a.top_k, layer_ids=a.layers, seed=a.seed, threads=a.threads,
+                      n_gpu_layers=a.n_gpu_layers)
     train = TrainConfig(epochs=a.epochs, steps=a.ttt_steps, lr=a.lr, seed=a.seed, threads=a.threads,
                         batch_tokens=a.batch_tokens, soft_weight=a.soft_weight, weight_decay=a.weight_decay)
     run(a.model, Path(a.out), data, train, a.prompts, heldout=a.heldout, outtype=a.outtype)
@@ -132,6 +133,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="q8_0")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--n-gpu-layers", type=int, default=0,
+                   help="target layers on the GPU while it answers and in the report's bench (-1: all; CPU builds "
+                        "ignore it); torch trains on CUDA when it sees a GPU")
     t.set_defaults(func=_train)
 
     b = sub.add_parser("bench", help="plain vs prompt lookup vs EAGLE-3 (fixed chain, fixed tree, adaptive) "

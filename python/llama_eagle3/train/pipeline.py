@@ -42,6 +42,7 @@ class DataConfig:
     layer_ids: Optional[list[int]] = None  # llama.cpp "input of layer" ids; default [2, N//2, N-3]
     seed: int = 0
     threads: int = 2
+    n_gpu_layers: int = 0          # target layers offloaded while answering and in the report's bench
 
 
 def _log(msg: str) -> None:
@@ -144,7 +145,7 @@ def prepare_data(model_path: str, out: Path, cfg: DataConfig, prompts_file: Opti
     """Stages 1-4. Returns (feature dir, d2t, layer ids, target llm)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    llm = llama_cpp.Llama(model_path, n_ctx=512, n_threads=cfg.threads, verbose=False)
+    llm = llama_cpp.Llama(model_path, n_ctx=512, n_threads=cfg.threads, n_gpu_layers=cfg.n_gpu_layers, verbose=False)
     n_layer = int(llama_cpp.llama_model_n_layer(llm.model))
     layer_ids = cfg.layer_ids or [2, n_layer // 2, n_layer - 3]
     chat = ChatTokenizer(llm)
@@ -205,5 +206,7 @@ def run(model_path: str, out: Path, data_cfg: DataConfig, train_cfg: "TrainConfi
                           {"data_seconds": t_data, "train_seconds": t_train, "layer_ids": layer_ids,
                            "draft_vocab": len(d2t), "samples": len(samples),
                            "tokens": int(sum(len(t) for t in samples.tokens)), "threads": train_cfg.threads,
-                           "torch_threads": torch.get_num_threads()}, log=_log)
+                           "torch_threads": torch.get_num_threads(), "n_gpu_layers": data_cfg.n_gpu_layers,
+                           "torch_device": str(next(model.parameters()).device)},
+                          n_gpu_layers=data_cfg.n_gpu_layers, log=_log)
     return report

@@ -39,7 +39,7 @@ def plot(history: dict, path: Path) -> None:
 
 
 def write_report(out: Path, model: str, head: str, history: dict, heldout: Optional[Path], extra: dict,
-                 log=print) -> dict:
+                 n_gpu_layers: int = 0, log=print) -> dict:
     report = dict(extra)
     report["final_heldout_accuracy_per_step"] = history["eval_acc"][-1] if history["eval_acc"] else None
     if "best_step" in history:
@@ -49,7 +49,8 @@ def write_report(out: Path, model: str, head: str, history: dict, heldout: Optio
     if heldout is not None:
         from ..bench import bench, print_table
 
-        s = bench(model, head, heldout, max_tokens=128, draft_max=4, p_min=0.0, methods=("plain", "eagle3"), log=log)
+        s = bench(model, head, heldout, max_tokens=128, draft_max=4, p_min=0.0, methods=("plain", "eagle3"),
+                  n_gpu_layers=n_gpu_layers, log=log)
         print_table(s, log=log)
         report["heldout_bench"] = {k: v for k, v in s.items() if k != "rows"}
     plot(history, out / "report.png")
