@@ -50,7 +50,17 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
+
+
+def expected_tokens(alpha: Callable[[int], float], k: int) -> float:
+    """E(k) = 1 + sum_{j=1..k} prod_{i<=j} alpha_i: tokens a chain of k commits per round, bonus
+    included, where alpha(i) is P(draft position i + 1 accepted | positions 1..i accepted)."""
+    e, run = 1.0, 1.0
+    for i in range(k):
+        run *= alpha(i)
+        e += run
+    return e
 
 
 @dataclass
@@ -202,11 +212,7 @@ class DraftPolicy:
 
     def expected_tokens(self, k: int) -> float:
         """E(k): tokens a chain of k commits per round."""
-        e, run = 1.0, 1.0
-        for i in range(k):
-            run *= self.alpha(i)
-            e += run
-        return e
+        return expected_tokens(self.alpha, k)
 
     def expected_rate(self, k: int) -> Optional[float]:
         """E(k) / C(k) in tokens per second, or None while a cost is unknown."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence, Union
 
+from .policy import expected_tokens
 from .tree import DraftTree
 
 
@@ -74,11 +75,7 @@ class SimulatedAcceptance:
 
     def expected_tokens(self, k: int) -> float:
         """E(k): tokens a chain of k commits per round at these probabilities (bonus included)."""
-        e, run = 1.0, 1.0
-        for i in range(k):
-            run *= self.alpha(i)
-            e += run
-        return e
+        return expected_tokens(self.alpha, k)
 
     def accept_chain(self, sample_row: Callable[[int], int], drafts: Sequence[int]) -> list[int]:
         """accept_chain's contract and sampling calls, with the acceptances drawn."""
