@@ -18,6 +18,7 @@ import numpy as np
 
 from eagle3_convert.checkpoint import write_safetensors  # noqa: F401  (re-exported for tests)
 from eagle3_convert.gguf_io import write_kv
+from llama_eagle3.synthetic import byte_tokens
 
 H, N_HEAD, N_KV, HEAD_DIM, FF, N_LAYER, CTX = 64, 4, 2, 16, 128, 8, 1024
 HEAD_FF, DRAFT_VOCAB = 96, 128
@@ -29,21 +30,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def _byte_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, (chr(c) for c in cs)))
-    return [table[b] for b in range(256)]
-
-
 def tokenizer_keys() -> dict:
     """A byte-level BPE vocabulary: 256 bytes, a few English merges, chat specials."""
-    tokens = _byte_unicode()
+    tokens = byte_tokens()
     merges: list[str] = []
     for a, b in [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "n"), ("Ġ", "a"),
                  ("r", "e"), ("e", "n"), ("Ġ", "s"), ("o", "r"), ("Ġ", "w"), ("a", "t"), ("i", "s"), ("Ġ", "c"),

@@ -109,18 +109,24 @@ def _tensor_types(shape: Shape, quant: str) -> Callable[[str, int], str]:
 
 # ---- the target --------------------------------------------------------------------------
 
-def _tokenizer(vocab: int) -> dict:
-    """A byte-level BPE vocabulary of `vocab` entries: 256 bytes, placeholder tokens, chat specials."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
+def byte_tokens() -> list[str]:
+    """The 256 byte tokens of a GPT-2 style byte-level BPE vocabulary, in byte order: printable
+    bytes stand for themselves, the others for chr(256 + k) in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    tokens, extra = [], 0
     for byte in range(256):
         if byte in printable:
-            table[byte] = chr(byte)
+            tokens.append(chr(byte))
         else:
-            table[byte] = chr(256 + extra)
+            tokens.append(chr(256 + extra))
             extra += 1
+    return tokens
+
+
+def _tokenizer(vocab: int) -> dict:
+    """A byte-level BPE vocabulary of `vocab` entries: 256 bytes, placeholder tokens, chat specials."""
     n_fill = vocab - 256 - len(_SPECIALS)
-    tokens = [table[i] for i in range(256)] + [f"<t{i}>" for i in range(n_fill)] + list(_SPECIALS)
+    tokens = byte_tokens() + [f"<t{i}>" for i in range(n_fill)] + list(_SPECIALS)
     types = [1] * (vocab - len(_SPECIALS)) + [3] * len(_SPECIALS)
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": ["Ġ t", "h e"],
