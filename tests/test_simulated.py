@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from llama_eagle3 import Llama, synthetic
-from llama_eagle3.bench_simulated import _upstream, parse_acceptance, predicted_rate, simulated_bench
+from llama_eagle3.bench_simulated import (Timing, _upstream, parse_acceptance, predicted_rate, simulated_bench,
+                                          timed_generation)
 from llama_eagle3.policy import DraftPolicy
 from llama_eagle3.stats import SpeculativeStats
 from llama_eagle3.verifier import SimulatedAcceptance
@@ -114,6 +115,35 @@ def test_simulated_bench_summary(tiny_synthetic, tmp_path):
     json.dumps(s)
 
 
+class _ScriptedLlama:
+    """generate() yields `n` tokens; the prompt's prefill advances the clock by 10 s, each later
+    token by 1 s."""
+
+    def __init__(self, clock: list[float], n: int):
+        self.clock, self.n = clock, n
+        self._model = type("M", (), {"vocab": None})()
+
+    def reset(self) -> None:
+        pass
+
+    def generate(self, tokens, temp, reset):
+        self.clock[0] += 10.0
+        for i in range(self.n):
+            if i:
+                self.clock[0] += 1.0
+            yield 5
+
+
+def test_decoding_is_timed_apart_from_the_prompt(monkeypatch):
+    monkeypatch.setattr(llama_cpp, "llama_vocab_is_eog", lambda vocab, token: False)
+    clock = [0.0]
+    t = timed_generation(_ScriptedLlama(clock, 9), [1, 2, 3], max_tokens=5, clock=lambda: clock[0])
+    assert (t.n, t.decoded, t.prefill, t.decode) == (5, 4, 10.0, 4.0)
+    assert t.decode_rate == 1.0 and t.end_to_end_rate == pytest.approx(5 / 14)
+    both = t + t
+    assert both.decode_rate == 1.0 and both.n == 10
+
+
 def test_upstream_is_projected_from_its_cost_per_round(monkeypatch, tmp_path):
     from llama_eagle3 import bench_simulated
 
@@ -123,7 +153,7 @@ def test_upstream_is_projected_from_its_cost_per_round(monkeypatch, tmp_path):
             self.k = args[3]
 
         def run(self, messages, max_tokens, temperature, seed):
-            return "", 10, 1.0, {"n_drafted": 10 * self.k, "n_accept": 0}  # 10 rounds of one token
+            return "", 10, 3.0, {"n_drafted": 10 * self.k, "n_accept": 0, "decode_seconds": 1.0}  # 10 rounds
 
     monkeypatch.setattr(bench_simulated, "Upstream", FakeUpstream)
     out = _upstream(tmp_path, "m", "h", [[{"role": "user", "content": "x"}]], 10, 2, 512, 0, (2,), None,

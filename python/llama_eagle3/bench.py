@@ -86,6 +86,7 @@ class Upstream:
 
     def run(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,
             seed: int = 0) -> tuple[str, int, float, dict]:
+        """(text, tokens, encode + decode seconds, {n_drafted, n_accept, decode_seconds})."""
         prompt = _rendered_prompt(self.template, messages)
         r = subprocess.run(self.cmd + ["-n", str(max_tokens), "--temp", str(temperature), "--seed", str(seed),
                                        "-p", prompt], capture_output=True, text=True)
@@ -95,6 +96,7 @@ class Upstream:
         if r.returncode != 0 or not enc or not dec:
             raise RuntimeError(f"{self.cmd[0]} failed (exit {r.returncode}): {log[-2000:]}")
         counts = {k: int(v) for k, v in re.findall(r"(n_drafted|n_accept)\s+=\s+(\d+)", log)}
+        counts["decode_seconds"] = float(dec.group(2))  # the prompt's encode apart
         # stdout: "\n\n", the prompt, the generated text, "\n\n" after the loop and "\n\n" at exit
         text = r.stdout.split(prompt, 1)[-1].removesuffix("\n\n\n\n")
         # its count includes the end-of-generation token; without one the loop ran past max_tokens

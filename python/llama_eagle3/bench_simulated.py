@@ -10,10 +10,13 @@ Methods, interleaved prompt by prompt (the order rotates) on two instances: plai
 llama-cpp-python, and one EAGLE-3 instance that runs a fixed chain of k = 1..draft_max every
 round (chain-k) and the adaptive policy (auto, chains only: a tree's acceptance is not defined
 by per-position probabilities) by swapping its draft policy; every run starts from an empty
-cache (bench._run), so each pays its own prompt. Auto starts each alpha from its calibration,
-as a fresh process would. Next to each measured rate the cost model's prediction
-E(k) / (T(k+1) + k c), from the T(n) and head step c measured in the same run (decode and
-head time only: prompt, sampling and the loop are not in it).
+cache and generates greedily from the chat prompt's tokens (timed_generation). Auto starts each
+alpha from its calibration, as a fresh process would. Rates are decoding rates: tokens after
+the first over the time from the first token to the last, so that the prompt's prefill (the
+same batches for every method; on a CPU with an 8B target it takes longer than the
+generation) does not dilute the ratios; end-to-end rates are in the JSON too. Next to each
+measured rate the cost model's prediction E(k) / (T(k+1) + k c), from the T(n) and head step c
+measured in the same run (decode and head time only: sampling and the loop are not in it).
 
 Upstream llama.cpp's C++ EAGLE-3 cannot be given simulated acceptance: it runs once per n-max
 with its real acceptance (~0 with a random head: every round commits one token, so its rate is
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import llama_cpp
 
-from .bench import Upstream, _device, _run
+from .bench import Upstream, _device, _rendered_prompt
 from .llama import Llama
 from .policy import DraftPolicy
 from .stats import SpeculativeStats
@@ -60,6 +65,53 @@ def _label(alphas: list[float]) -> str:
     return "/".join(f"{a:g}" for a in alphas)
 
 
+@dataclass
+class Timing:
+    """Generations, summed: tokens, of them decoded after the first one (n - 1 per generation),
+    prefill seconds (start to the first token: the prompt's decode and the first sample) and
+    decode seconds (first token to last)."""
+    n: int = 0
+    decoded: int = 0
+    prefill: float = 0.0
+    decode: float = 0.0
+
+    def __add__(self, o: "Timing") -> "Timing":
+        return Timing(self.n + o.n, self.decoded + o.decoded, self.prefill + o.prefill, self.decode + o.decode)
+
+    @property
+    def decode_rate(self) -> float:
+        """Tokens/s after the first token of each generation."""
+        return self.decoded / self.decode if self.decode > 0 else 0.0
+
+    @property
+    def end_to_end_rate(self) -> float:
+        return self.n / (self.prefill + self.decode) if self.prefill + self.decode > 0 else 0.0
+
+
+def prompt_tokens(llm: llama_cpp.Llama, messages: list[dict]) -> list[int]:
+    """The chat prompt's tokens as llama-cpp-python's chat completion evaluates them (the chat
+    template renders the special tokens, so none is added); a model without a chat template gets
+    the messages' contents, one per line."""
+    if "tokenizer.chat_template" in llm.metadata:
+        return llm.tokenize(_rendered_prompt(llm, messages).encode(), add_bos=False, special=True)
+    return llm.tokenize("\n".join(m["content"] for m in messages).encode(), add_bos=True, special=False)
+
+
+def timed_generation(llm: llama_cpp.Llama, tokens: list[int], max_tokens: int, clock=time.perf_counter) -> Timing:
+    """Greedy generation of up to max_tokens after tokens from an empty cache (stops at an
+    end-of-generation token, as a completion does), timed at the first and the last token."""
+    llm.reset()
+    n, t0 = 0, clock()
+    t_first = t0
+    for token in llm.generate(tokens, temp=0.0, reset=True):
+        n += 1
+        if n == 1:
+            t_first = clock()
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or n >= max_tokens:
+            break
+    return Timing(n, max(n - 1, 0), t_first - t0, clock() - t_first)
+
+
 class _SpecMethods:
     """One EAGLE-3 instance running chain-1..chain-K and auto by swapping its policy and stats."""
 
@@ -75,12 +127,10 @@ class _SpecMethods:
         self.stats = {name: SpeculativeStats() for name in self.names}
         self.label = label
 
-    def run(self, name: str, alphas: list[float], messages: list[dict], max_tokens: int,
-            seed: int) -> tuple[int, float]:
+    def run(self, name: str, alphas: list[float], tokens: list[int], max_tokens: int, seed: int) -> Timing:
         sim = SimulatedAcceptance(alphas, seed=f"{self.label}/{name}/{seed}")
         self.llm._bench_configure(self.policies[name], sim, self.stats[name])
-        _, n, dt, _ = _run(self.llm, messages, max_tokens, 0.0, seed)
-        return n, dt
+        return timed_generation(self.llm, tokens, max_tokens)
 
 
 def predicted_rate(decode_ms: dict, step_ms: Optional[float], sim: SimulatedAcceptance, k: int) -> Optional[float]:
@@ -95,7 +145,7 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
                     max_tokens: int = 128, draft_max: int = 4, threads: int = 2, n_ctx: int = 2048,
                     n_gpu_layers: int = 0, max_prompts: Optional[int] = None, upstream: Optional[Path] = None,
                     upstream_n_max: tuple[int, ...] = (), log=print) -> dict:
-    """Returns the summary: per alpha label, tokens/s per method (measured), the cost model's
+    """Returns the summary: per alpha label, decoding tokens/s per method (measured), the cost model's
     prediction, the best fixed shape (plain counts) and auto's ratio to it."""
     if draft_max < 1:
         raise ValueError(f"--draft-max must be >= 1 for a simulated bench, got {draft_max}")
@@ -108,26 +158,24 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
                               eagle3_tree_width=1, **common), draft_max)
     order = ["plain", *spec.names]
     for llm in (plain, spec.llm):  # warm-up
-        _run(llm, [{"role": "user", "content": "Hi"}], 8)
+        timed_generation(llm, prompt_tokens(plain, [{"role": "user", "content": "Hi"}]), 8)
     summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(convs),
                      "max_tokens": max_tokens, "draft_max": draft_max, "threads": threads,
                      "n_gpu_layers": n_gpu_layers, "device": _device(), "methods": order,
                      "calibration": spec.calibrated.snapshot(), "simulated": {}}
+    prompts = [prompt_tokens(plain, messages) for messages in convs]
     for alphas in acceptance:
         label = _label(alphas)
         spec.start(label)
-        tokens = {m: 0 for m in order}
-        seconds = {m: 0.0 for m in order}
-        for i, messages in enumerate(convs):
+        timing = {m: Timing() for m in order}
+        for i, tokens in enumerate(prompts):
             rot = order[i % len(order):] + order[: i % len(order)]
             for name in rot:
                 if name == "plain":
-                    _, n, dt, _ = _run(plain, messages, max_tokens, 0.0, i)
+                    timing[name] += timed_generation(plain, tokens, max_tokens)
                 else:
-                    n, dt = spec.run(name, alphas, messages, max_tokens, i)
-                tokens[name] += n
-                seconds[name] += dt
-        summary["simulated"][label] = _alpha_summary(alphas, order, tokens, seconds, spec)
+                    timing[name] += spec.run(name, alphas, tokens, max_tokens, i)
+        summary["simulated"][label] = _alpha_summary(alphas, order, timing, spec)
         log(f"simulated acceptance {label}: " + "  ".join(
             f"{m} {summary['simulated'][label]['tokens_per_second'][m]:.1f}" for m in order) + " tok/s")
     if upstream_n_max:
@@ -137,9 +185,9 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
     return summary
 
 
-def _alpha_summary(alphas: list[float], order: list[str], tokens: dict, seconds: dict, spec: _SpecMethods) -> dict:
+def _alpha_summary(alphas: list[float], order: list[str], timing: dict[str, Timing], spec: _SpecMethods) -> dict:
     sim = SimulatedAcceptance(alphas)
-    rate = {m: tokens[m] / seconds[m] for m in order}
+    rate = {m: timing[m].decode_rate for m in order}
     # costs measured in this alpha's runs: T(k+1) and c from chain-k, T(1) from auto (calibration
     # and its refreshes); later measurements of a row count replace earlier ones
     decode_ms: dict = dict(spec.policies["auto"].snapshot()["decode_ms"])
@@ -160,6 +208,8 @@ def _alpha_summary(alphas: list[float], order: list[str], tokens: dict, seconds:
     return {"simulated": True, "acceptance": alphas,
             "expected_tokens": {k: round(sim.expected_tokens(k), 4) for k in range(spec.k_max + 1)},
             "tokens_per_second": rate, "predicted_tokens_per_second": predicted,
+            "end_to_end_tokens_per_second": {m: timing[m].end_to_end_rate for m in order},
+            "prefill_seconds": {m: round(timing[m].prefill, 3) for m in order},
             "best_fixed": best, "auto_vs_best_fixed": rate["auto"] / rate[best],
             "costs_ms": {"decode": decode_ms, "draft_step": step},
             "mean_accepted_length": {m: round(stats[m]["mean_accepted_length"], 3) for m in spec.names},
@@ -170,14 +220,15 @@ def _alpha_summary(alphas: list[float], order: list[str], tokens: dict, seconds:
 def _upstream(binary: Path, model: str, head: str, convs: list, max_tokens: int, threads: int, n_ctx: int,
               n_gpu_layers: int, n_maxes: tuple[int, ...], template: llama_cpp.Llama, simulated: dict) -> dict:
     """Upstream at each n-max with its real acceptance (p_min 0: it drafts n-max every round), and
-    its rate projected to each simulated alpha: measured rate x E(k) / measured tokens per round."""
+    its decoding rate (its own "decoded" timing, the prompt apart) projected to each simulated
+    alpha: measured rate x E(k) / measured tokens per round."""
     out = {}
     for k in n_maxes:
         up = Upstream(binary, model, head, k, threads, n_ctx, n_gpu_layers, template, p_min=0.0)
         n_tok, sec, drafted, accepted = 0, 0.0, 0, 0
         for i, messages in enumerate(convs):
-            _, n, dt, counts = up.run(messages, max_tokens, 0.0, i)
-            n_tok, sec = n_tok + n, sec + dt
+            _, n, _, counts = up.run(messages, max_tokens, 0.0, i)
+            n_tok, sec = n_tok + n, sec + counts["decode_seconds"]
             drafted, accepted = drafted + counts.get("n_drafted", 0), accepted + counts.get("n_accept", 0)
         rounds = drafted / k if drafted else n_tok
         per_round = n_tok / max(rounds, 1)  # tokens committed per round at its real acceptance
@@ -193,7 +244,9 @@ def _upstream(binary: Path, model: str, head: str, convs: list, max_tokens: int,
 def print_simulated(s: dict, log=print) -> None:
     log(f"\nSIMULATED acceptance, real costs: {s['n_prompts']} prompts, {s['max_tokens']} max new tokens, "
         f"greedy, {s['threads']} threads, n_gpu_layers {s['n_gpu_layers']}; chain-k drafts k every round, auto "
-        f"adapts (chains <= {s['draft_max']}); predicted = E(k) / (T(k+1) + k c) from the costs measured in the run")
+        f"adapts (chains <= {s['draft_max']}); tokens/s = decoding rate, after each generation's first token "
+        f"(the prompt's prefill apart; end-to-end rates in the JSON); predicted = E(k) / (T(k+1) + k c) from the "
+        f"costs measured in the run")
     for label, a in s["simulated"].items():
         plain = a["tokens_per_second"]["plain"]
         log(f"\nalpha {label} (simulated): E(k) = {list(a['expected_tokens'].values())}; measured T(n) ms "

@@ -12,7 +12,7 @@ something else must not flip the decision; offloaded, the first decode after a c
 count is left out, since a GPU backend rebuilds its graph then; T(1) is re-measured every
 t1_refresh_every verify rounds), so that a compute-bound CPU, where T(n) grows
 with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer; c from the
-head's draft calls, alpha from recent rounds (exponential moving averages, so a predictable
+head's draft calls, alpha from recent rounds (exponentially weighted, so a predictable
 stretch of text turns speculation on and a hard one turns it off).
 
 Warm-up: the engine measures T(n) and c at start-up (Llama._calibrate), so that no
@@ -33,6 +33,19 @@ project's CPU 1.07x to 1.25x), and each probe costs a head decode of the recent 
 there, half a plain token). Hits still narrow it, so text that a head drafts right 9 times in
 10 (a chain of 3 then gains ~1.16x on that CPU) turns speculation on within a few probes
 instead of after hundreds of plain tokens.
+
+Exploration: T(n) of a chain length is sampled only while the policy drafts it, so a cost from
+calibration or from an early stretch (taken while something else loaded the machine, or
+interpolated from other row counts) would decide forever against a length that is in fact
+best (measured: a stale T(4) 40% high kept auto 15% below chain-3). So when the chosen length
+k has a neighbour k +- 1 whose row count was last sampled over its explore gap of rounds ago,
+the next `explore_rounds` rounds draft that neighbour and their decodes replace its older
+samples: step by step the policy climbs to the best length even past a stale estimate further
+on. From plain decoding (k = 0; T(1) has its own refresh) only chain-1 is a neighbour, and
+only while its predicted rate is within `explore_margin` of plain's: where speculation is
+hopeless (a CPU, a weak head) it is not paid for. The gap starts at explore_every rounds and
+doubles (up to explore_every_max) each time the fresh samples confirm the old estimate within
+10%, so where the costs are stable exploring costs next to nothing.
 
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
 E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
@@ -73,6 +86,33 @@ class _Ema:
 
 
 @dataclass
+class _Acceptance:
+    """P(a draft position is accepted | the earlier ones were): an exponentially weighted mean
+    of its recent verify outcomes (the last ~1 / (1 - decay) count) plus PRIOR_WEIGHT
+    pseudo-outcomes of a prior (the previous position's estimate). While the position goes
+    unsampled (the policy drafts shorter, or decodes plainly), its outcomes' weight fades by `fade` per round, so an
+    estimate that a few unlucky rounds pushed down drifts back towards the prior and the longer
+    chain is tried (and measured) again instead of never."""
+    decay: float
+    fade: float
+    PRIOR_WEIGHT: ClassVar[float] = 2.0
+    _sum: float = 0.0     # weighted accepted outcomes
+    _weight: float = 0.0  # weighted outcomes
+
+    def add(self, outcome: float) -> None:
+        """outcome: 1.0 accepted, 0.0 rejected."""
+        self._sum = self.decay * self._sum + outcome
+        self._weight = self.decay * self._weight + 1.0
+
+    def unsampled(self) -> None:
+        self._sum *= self.fade
+        self._weight *= self.fade
+
+    def estimate(self, prior: float) -> float:
+        return (self._sum + self.PRIOR_WEIGHT * prior) / (self._weight + self.PRIOR_WEIGHT)
+
+
+@dataclass
 class DraftPolicy:
     k_max: int
     adaptive: bool = True
@@ -83,10 +123,17 @@ class DraftPolicy:
     hopeless_alpha: float = 0.8  # break-even acceptance above which misses widen the probe gap ...
     hopeless_probe_every: int = 256  # ... up to this many tokens
     alpha_prior: float = 0.5
+    alpha_decay: float = 0.95    # acceptance estimates weigh about the last 1 / (1 - alpha_decay) outcomes ...
+    alpha_fade: float = 0.97     # ... and fade back towards the previous position's by this per unsampled round
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
     graph_rebuilds: bool = False  # the backend rebuilds its graph when the row count changes (offloaded)
-    t1_refresh_every: int = 128  # verify rounds after which speculation pauses to re-measure T(1) ...
+    t1_refresh_every: int = 128  # verify rounds after which speculation pauses to re-measure T(1) (doubling,
+                                 # up to explore_every_max, while refreshes confirm it within 10%) ...
     t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
+    explore_every: int = 32      # rounds after which a neighbouring length's cost is re-measured ...
+    explore_every_max: int = 1024  # ... the gap doubling up to this while re-measurements confirm it
+    explore_rounds: int = 3      # verify rounds per re-measurement
+    explore_margin: float = 0.25  # from plain decoding, chain-1 predicted this much slower is not explored
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
     # while T(1) is unknown: _raw); medians cached until the next sample of that row count
@@ -94,7 +141,7 @@ class DraftPolicy:
     _raw: dict[int, deque] = field(default_factory=dict)
     _t_median: dict[int, float] = field(default_factory=dict)
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
-    _alpha: list[_Ema] = field(default_factory=list)
+    _alpha: list[_Acceptance] = field(default_factory=list)
     _tree_gain: _Ema = field(default_factory=lambda: _Ema(0.85))
     _tree_c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _probe_c: _Ema = field(default_factory=lambda: _Ema(0.9))
@@ -109,10 +156,19 @@ class DraftPolicy:
     _rounds_since_t1: int = 0                    # verify rounds since T(1) was last refreshed
     _t1_streak: int = 0                          # T(1) samples kept since the last verify round
     _t1_before: float = 0.0                      # T(1) when the current refresh began
+    _t1_gap: int = 0                             # verify rounds between refreshes (t1_refresh_every at first)
+    _rounds: int = 0                             # observe_decode calls so far (the explore clock)
+    _sampled_at: dict[int, int] = field(default_factory=dict)  # rows -> _rounds at its latest kept sample
+    _explore_gap: dict[int, int] = field(default_factory=dict)  # rows -> rounds between re-measurements
+    _explore_k: int = 0                          # chain length being re-measured (0: none) ...
+    _explore_left: int = 0                       # ... for this many more verify rounds
+    _explore_before: Optional[float] = None      # its cost estimate when the re-measurement began
+    _explore_stale: bool = False                 # its older samples are still there (not yet replaced)
 
     def __post_init__(self) -> None:
-        self._alpha = [_Ema(0.85) for _ in range(self.k_max)]
+        self._alpha = [_Acceptance(self.alpha_decay, self.alpha_fade) for _ in range(self.k_max)]
         self._probe_gap = self.probe_every
+        self._t1_gap = self.t1_refresh_every
 
     # ---- measurements ------------------------------------------------------------------
 
@@ -123,11 +179,15 @@ class DraftPolicy:
         while it runs steadily."""
         switched, self._last_rows = rows != self._last_rows, rows
         self._decode_samples += 1
+        self._rounds += 1
         if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self._n(1) < 2:  # (warm-up)
             self._decision = None
         if self.graph_rebuilds and switched and self._n(rows) >= 2:
             return
-        refresh = rows == 1 and self._rounds_since_t1 >= self.t1_refresh_every
+        if rows == 1:  # a plain step: positions past the first go unsampled (probes sample the first)
+            for a in self._alpha[1:]:
+                a.unsampled()
+        refresh = rows == 1 and self._rounds_since_t1 >= self._t1_gap
         if refresh and self._t1_streak == 0:  # samples from before the verify rounds are stale
             self._t1_before = self._median(1) if 1 in self._t else 0.0
             self._t.pop(1, None)
@@ -136,14 +196,37 @@ class DraftPolicy:
         if rows > 1 and t1 is None:
             self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
             return
+        if self._explore_stale and rows == self._explore_k + 1:  # the re-measurement's first sample
+            self._t.pop(rows, None)
+            self._raw.pop(rows, None)
+            self._explore_stale = False
         self._t.setdefault(rows, deque(maxlen=32)).append(seconds if t1 is None else seconds / t1)
         self._t_median.pop(rows, None)
+        self._sampled_at[rows] = self._rounds
         if rows == 1:
             self._t1_streak += 1
         if refresh and self._t1_streak >= self.t1_refresh_samples:
             if self._t1_before:
-                self._rescale(self._t1_before / self._median(1))
+                factor = self._t1_before / self._median(1)
+                self._rescale(factor)
+                held = abs(factor - 1.0) < 0.1
+                self._t1_gap = min(2 * self._t1_gap, self.explore_every_max) if held else self.t1_refresh_every
             self._rounds_since_t1, self._decision = 0, None
+
+    def _explored(self) -> None:
+        """A verify round of the re-measurement ran (the head may have drafted fewer than asked,
+        and an offloaded backend's first decode after the shape change is not kept: such rounds
+        count, so a re-measurement always ends); after the last one, the gap doubles if the
+        estimate held (within 10%) and returns to explore_every if it did not."""
+        self._explore_left -= 1
+        if self._explore_left > 0:
+            return
+        rows = self._explore_k + 1
+        before, now = self._explore_before, self.cost(rows)
+        held = before is not None and now is not None and abs(now / before - 1.0) < 0.1
+        gap = self._explore_gap.get(rows, self.explore_every)
+        self._explore_gap[rows] = min(2 * gap, self.explore_every_max) if held else self.explore_every
+        self._explore_k, self._explore_stale = 0, False
 
     def _rescale(self, factor: float) -> None:
         """T(n > 1) ratios were taken against the T(1) a refresh replaced: their seconds were
@@ -161,12 +244,18 @@ class DraftPolicy:
         """A verify round (chain or tree) ran: the decision is remade and T(1)'s refresh clock ticks."""
         self._decision = None
         self._rounds_since_t1, self._t1_streak = self._rounds_since_t1 + 1, 0
+        if self._explore_left > 0:
+            self._explored()
 
     def observe_round(self, drafted: int, accepted: int) -> None:
         """Draft positions 1..drafted were verified; the first `accepted` matched."""
         self._verified()
-        for i in range(min(drafted, accepted + 1, self.k_max)):
-            self._alpha[i].add(1.0 if i < accepted else 0.0)
+        sampled = min(drafted, accepted + 1, self.k_max)
+        for i, a in enumerate(self._alpha):
+            if i < sampled:
+                a.add(float(i < accepted))
+            else:
+                a.unsampled()
 
     def observe_tree(self, committed: int, draft_seconds: float) -> None:
         """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
@@ -178,7 +267,9 @@ class DraftPolicy:
     def observe_probe(self, hit: bool, seconds: float) -> None:
         """A probe (its head time: seconds) drafted the committed token (hit) or not."""
         self._decision = None
-        self._alpha[0].add(1.0 if hit else 0.0)
+        self._alpha[0].add(float(hit))
+        for a in self._alpha[1:]:
+            a.unsampled()
         self._probe_c.add(seconds)
         self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self._probe_cap())
 
@@ -188,12 +279,9 @@ class DraftPolicy:
     # ---- decisions -------------------------------------------------------------------
 
     def alpha(self, i: int) -> float:
-        """Estimated alpha_{i+1}; a position not measured yet is assumed as good as the one before
-        it, so that drafting deeper gets tried (and measured) when the first positions do well."""
-        a = self._alpha[i]
-        if a.value is not None:
-            return a.value
-        return self.alpha(i - 1) if i > 0 else self.alpha_prior
+        """Estimated alpha_{i+1}; a position not measured (lately) is assumed as good as the one
+        before it, so that drafting deeper gets tried (and measured) when the first positions do well."""
+        return self._alpha[i].estimate(self.alpha(i - 1) if i > 0 else self.alpha_prior)
 
     def cost(self, rows: int) -> Optional[float]:
         """T(rows): measured, else interpolated/extrapolated linearly from measured rows. T(n > 1)
@@ -241,17 +329,42 @@ class DraftPolicy:
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
         after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
-        slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds, plain
+        slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds (doubling
+        while the refreshes confirm the estimate), plain
         steps until t1_refresh_samples T(1) samples are kept (offloaded, the first step follows a
         shape change and is not), which replace the older ones: a start-up T(1) that was off, or a
         machine that got faster, must not keep speculation on where plain decoding is faster.
         Costs ~5 plain steps per t1_refresh_every rounds."""
-        if self.adaptive and self._rounds_since_t1 >= self.t1_refresh_every:
+        if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return False, 0
+        if self._explore_left > 0:
+            return False, self._explore_k
         if self._decision is None:
             self._decision = (self.choose_tree(), self.choose())
             self._decode_samples = 0
+            if not self._decision[0] and self._start_exploring(self._decision[1]):
+                return False, self._explore_k
         return self._decision
+
+    def _start_exploring(self, k: int) -> bool:
+        """Whether a neighbour of chain length k is due for re-measurement (see the module
+        docstring); if so, the next explore_rounds rounds draft it."""
+        if not self.adaptive or self._warming_up():
+            return False
+        rate = self.expected_rate(k)
+        for j in (k + 1, k - 1):
+            rows = j + 1
+            if not 1 <= j <= self.k_max:
+                continue
+            if self._rounds - self._sampled_at.get(rows, -(1 << 30)) < self._explore_gap.get(rows, self.explore_every):
+                continue
+            other = self.expected_rate(j)
+            if k == 0 and (rate is None or other is None or other < (1.0 - self.explore_margin) * rate):
+                continue
+            self._explore_k, self._explore_left, self._explore_before = j, self.explore_rounds, self.cost(rows)
+            self._explore_stale = True
+            return True
+        return False
 
     def choose_tree(self) -> bool:
         """Whether this round drafts a tree (else choose() gives the chain length)."""

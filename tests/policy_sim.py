@@ -1,0 +1,72 @@
+"""The draft policy against the best fixed chain length, on modelled costs (no engine, no
+timing): each round the policy chooses k, draft position i is accepted with probability alpha
+(given the ones before it were), and the round costs T(k + 1) + k c from a cost table; probes
+cost c. `python tests/policy_sim.py` prints the table in docs/adaptive.md."""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from llama_eagle3.policy import DraftPolicy
+
+# T(n) in seconds for n = 1..5 rows, and the head's step c
+COSTS = {
+    # SmolLM2-135M Q8_0 on this project's 2-core CPU (simulated bench, 2026-11-29)
+    "smollm2-cpu": ({1: 12.5e-3, 2: 18.0e-3, 3: 23.5e-3, 4: 29.0e-3, 5: 36.0e-3}, 1.4e-3),
+    # the llama-8b synthetic shape, Q4_K_M, same CPU (2026-11-29; T(3), T(4) interpolated)
+    "llama8b-cpu": ({1: 117e-3, 2: 198e-3, 3: 260e-3, 4: 322e-3, 5: 384e-3}, 13.3e-3),
+    # bandwidth-bound: more rows nearly free
+    "gpu-like": ({1: 6.0e-3, 2: 6.1e-3, 3: 6.2e-3, 4: 6.3e-3, 5: 6.4e-3}, 0.3e-3),
+}
+ALPHAS = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def rate(costs: dict[int, float], c: float, alpha: float, tokens: int, seed: int,
+         policy: Optional[DraftPolicy] = None, fixed: int = 0) -> float:
+    """Tokens per modelled second until `tokens` are committed, by the policy (adaptive) or by a
+    fixed chain length."""
+    rng = random.Random(seed)
+    n, t = 0, 0.0
+    while n < tokens:
+        k = policy.decide()[1] if policy is not None else fixed
+        accepted = next((i for i in range(k) if rng.random() >= alpha), k)
+        n, t = n + accepted + 1, t + costs[k + 1] + k * c
+        if policy is None:
+            continue
+        policy.observe_decode(k + 1, costs[k + 1])
+        if k:
+            policy.observe_draft(k, k * c)
+            policy.observe_round(k, accepted)
+        elif policy.probe_due():
+            policy.observe_probe(rng.random() < alpha, c)
+            t += c
+    return n / t
+
+
+def calibrated(costs: dict[int, float], c: float) -> DraftPolicy:
+    """An adaptive policy after the engine's start-up calibration (rows 1, 2, 5 and the head step)."""
+    p = DraftPolicy(4)
+    for rows in (1, 2, 5):
+        for _ in range(3):
+            p.observe_decode(rows, costs[rows])
+    for _ in range(3):
+        p.observe_draft(1, c)
+    return p
+
+
+def efficiency(name: str, alpha: float, tokens: int = 20000, seed: int = 0) -> tuple[float, int]:
+    """(the policy's rate over the best fixed length's, that best length)."""
+    costs, c = COSTS[name]
+    fixed = [rate(costs, c, alpha, tokens, seed, fixed=k) for k in range(5)]
+    best = max(range(5), key=lambda k: fixed[k])
+    return rate(costs, c, alpha, tokens, seed, policy=calibrated(costs, c)) / fixed[best], best
+
+
+if __name__ == "__main__":
+    print("| costs | " + " | ".join(f"alpha {a}" for a in ALPHAS) + " |")
+    print("|---" * (len(ALPHAS) + 1) + "|")
+    for name in COSTS:
+        cells = [efficiency(name, a) for a in ALPHAS]
+        print(f"| {name} | " + " | ".join(f"{e:.3f} (best: {'plain' if k == 0 else f'chain-{k}'})"
+                                        for e, k in cells) + " |")
