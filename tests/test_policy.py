@@ -21,8 +21,9 @@ def measured(policy: DraftPolicy, t: dict[int, float], c: float, alphas: list[fl
         for _ in range(policy.warmup_rounds):
             policy.observe_decode(n, sec)
     policy.observe_draft(1, c)
-    for ema, a in zip(policy._alpha, alphas):
-        ema.add(a)
+    for estimate, a in zip(policy._alpha, alphas):
+        for _ in range(100):  # the estimator's memory full of outcomes averaging a
+            estimate.add(a)
 
 
 CPU = {1: 11.2e-3, 2: 17.5e-3, 5: 35.0e-3}   # this machine (SmolLM2): nearly compute-bound
@@ -167,7 +168,8 @@ def test_decision_is_cached_until_a_measurement_changes_it():
         p.observe_round(4, 0)
     assert p.decide() == (False, 0)
     for a in p._alpha:
-        a.value = 0.95                      # changed behind its back: the cached answer stands ...
+        for _ in range(100):
+            a.add(0.95)                     # changed behind its back: the cached answer stands ...
     for _ in range(DraftPolicy.REDECIDE_EVERY - 1):
         p.observe_decode(1, CPU[1])
         assert p.decide() == (False, 0)

@@ -89,7 +89,7 @@ class _Ema:
 class _Acceptance:
     """P(a draft position is accepted | the earlier ones were): an exponentially weighted mean
     of its recent verify outcomes (the last ~1 / (1 - decay) count) plus PRIOR_WEIGHT
-    pseudo-outcomes of a prior (the previous position's estimate). While the position goes
+    pseudo-outcomes of a prior (the previous position's estimate; the first position has none). While the position goes
     unsampled (the policy drafts shorter, or decodes plainly), its outcomes' weight fades by `fade` per round, so an
     estimate that a few unlucky rounds pushed down drifts back towards the prior and the longer
     chain is tried (and measured) again instead of never."""
@@ -108,8 +108,9 @@ class _Acceptance:
         self._sum *= self.fade
         self._weight *= self.fade
 
-    def estimate(self, prior: float) -> float:
-        return (self._sum + self.PRIOR_WEIGHT * prior) / (self._weight + self.PRIOR_WEIGHT)
+    def estimate(self, prior: float, prior_weight: Optional[float] = None) -> float:
+        w = self.PRIOR_WEIGHT if prior_weight is None else prior_weight
+        return (self._sum + w * prior) / (self._weight + w) if self._weight + w > 0 else prior
 
 
 @dataclass
@@ -281,7 +282,9 @@ class DraftPolicy:
     def alpha(self, i: int) -> float:
         """Estimated alpha_{i+1}; a position not measured (lately) is assumed as good as the one
         before it, so that drafting deeper gets tried (and measured) when the first positions do well."""
-        return self._alpha[i].estimate(self.alpha(i - 1) if i > 0 else self.alpha_prior)
+        if i == 0:  # sampled by every verify round and probe: alpha_prior only until the first
+            return self._alpha[0].estimate(self.alpha_prior, prior_weight=0.0)
+        return self._alpha[i].estimate(self.alpha(i - 1))
 
     def cost(self, rows: int) -> Optional[float]:
         """T(rows): measured, else interpolated/extrapolated linearly from measured rows. T(n > 1)
