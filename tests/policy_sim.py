@@ -45,7 +45,8 @@ def rate(costs: dict[int, float], c: float, alpha: float, tokens: int, seed: int
 
 
 def calibrated(costs: dict[int, float], c: float) -> DraftPolicy:
-    """An adaptive policy after the engine's start-up calibration (rows 1, 2, 5 and the head step)."""
+    """An adaptive policy after the engine's start-up calibration (rows 1, 2, 5 and the head step)
+    measured these costs."""
     p = DraftPolicy(4)
     for rows in (1, 2, 5):
         for _ in range(3):
@@ -55,12 +56,15 @@ def calibrated(costs: dict[int, float], c: float) -> DraftPolicy:
     return p
 
 
-def efficiency(name: str, alpha: float, tokens: int = 20000, seed: int = 0) -> tuple[float, int]:
-    """(the policy's rate over the best fixed length's, that best length)."""
+def efficiency(name: str, alpha: float, tokens: int = 20000, seed: int = 0,
+               calibration: Optional[tuple[dict[int, float], float]] = None) -> tuple[float, int]:
+    """(the policy's rate over the best fixed length's, that best length); calibration: what
+    start-up measured, if not the true costs."""
     costs, c = COSTS[name]
     fixed = [rate(costs, c, alpha, tokens, seed, fixed=k) for k in range(5)]
     best = max(range(5), key=lambda k: fixed[k])
-    return rate(costs, c, alpha, tokens, seed, policy=calibrated(costs, c)) / fixed[best], best
+    policy = calibrated(*(calibration or (costs, c)))
+    return rate(costs, c, alpha, tokens, seed, policy=policy) / fixed[best], best
 
 
 if __name__ == "__main__":

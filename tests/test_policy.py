@@ -158,7 +158,7 @@ def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
 def test_decision_is_cached_until_a_measurement_changes_it():
     """decide() is recomputed after a verify round, a probe, a draft or a multi-row decode, and
     after REDECIDE_EVERY single-row decodes (plain steps): not on every plain step."""
-    p = DraftPolicy(4)
+    p = DraftPolicy(4, t1_refresh_every=1000)  # no T(1) refresh (its end remakes the decision) in between
     measured(p, CPU, 1.1e-3, [0.35, 0.4, 0.45, 0.45])
     assert p.decide() == (False, 0)
     for _ in range(20):

@@ -128,7 +128,7 @@ class DraftPolicy:
     alpha_fade: float = 0.97     # ... and fade back towards the previous position's by this per unsampled round
     probe_budget: float = 0.02   # most of the plain decoding time that probes may take
     graph_rebuilds: bool = False  # the backend rebuilds its graph when the row count changes (offloaded)
-    t1_refresh_every: int = 128  # verify rounds after which speculation pauses to re-measure T(1) (doubling,
+    t1_refresh_every: int = 32   # verify rounds after which speculation pauses to re-measure T(1) (doubling,
                                  # up to explore_every_max, while refreshes confirm it within 10%) ...
     t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
     explore_every: int = 32      # rounds after which a neighbouring length's cost is re-measured ...
