@@ -252,7 +252,7 @@ def test_re_measurements_get_rarer_while_the_costs_hold():
     chosen = _run_rounds(p, TRUE, 1.4e-3, 0.95, 2000)
     assert chosen[:100].count(3) >= 3             # chain-3, the neighbour, re-measured early on ...
     assert chosen[1000:].count(3) <= 2 * p.explore_rounds  # ... and then every explore_every_max rounds
-    assert chosen.count(4) > 0.97 * len(chosen)
+    assert chosen.count(4) > 0.95 * len(chosen)   # re-measurements and T(1) refreshes included
 
 
 def test_calibration_decodes_each_shape_in_a_row(targets, heads):

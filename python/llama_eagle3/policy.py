@@ -133,7 +133,7 @@ class DraftPolicy:
     t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
     explore_every: int = 32      # rounds after which a neighbouring length's cost is re-measured ...
     explore_every_max: int = 1024  # ... the gap doubling up to this while re-measurements confirm it
-    explore_rounds: int = 3      # verify rounds per re-measurement
+    explore_rounds: int = 4      # verify rounds per re-measurement (the first decode, after a shape change, is not kept)
     explore_margin: float = 0.25  # from plain decoding, chain-1 predicted this much slower is not explored
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
@@ -164,7 +164,7 @@ class DraftPolicy:
     _explore_k: int = 0                          # chain length being re-measured (0: none) ...
     _explore_left: int = 0                       # ... for this many more verify rounds
     _explore_before: Optional[float] = None      # its cost estimate when the re-measurement began
-    _explore_stale: bool = False                 # its older samples are still there (not yet replaced)
+    _explore_fresh: list[float] = field(default_factory=list)  # its kept samples so far (as stored in _t)
 
     def __post_init__(self) -> None:
         self._alpha = [_Acceptance(self.alpha_decay, self.alpha_fade) for _ in range(self.k_max)]
@@ -200,13 +200,13 @@ class DraftPolicy:
         if rows > 1 and t1 is None:
             self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
             return
-        if self._explore_stale and rows == self._explore_k + 1:  # the re-measurement's first sample
-            self._t.pop(rows, None)
-            self._raw.pop(rows, None)
-            self._explore_stale = False
-        self._t.setdefault(rows, deque(maxlen=32)).append(seconds if t1 is None else seconds / t1)
-        self._t_median.pop(rows, None)
+        sample = seconds if t1 is None else seconds / t1
         self._sampled_at[rows] = self._rounds
+        if self._explore_left > 0 and rows == self._explore_k + 1:  # kept apart until the re-measurement ends
+            self._explore_fresh.append(sample)
+            return
+        self._t.setdefault(rows, deque(maxlen=32)).append(sample)
+        self._t_median.pop(rows, None)
         if rows == 1:
             self._t1_streak += 1
         if refresh and self._t1_streak >= self.t1_refresh_samples:
@@ -219,18 +219,26 @@ class DraftPolicy:
 
     def _explored(self) -> None:
         """A verify round of the re-measurement ran (the head may have drafted fewer than asked,
-        and an offloaded backend's first decode after the shape change is not kept: such rounds
-        count, so a re-measurement always ends); after the last one, the gap doubles if the
-        estimate held (within 10%) and returns to explore_every if it did not."""
+        and the first decode after the shape change is not kept: such rounds count, so a
+        re-measurement always ends). After the last one, its kept samples replace the older ones
+        if there are at least 2 (one decode stalled by something else must not become the
+        estimate), else join them; the gap doubles if the estimate held (within 10%) and returns
+        to explore_every if it did not."""
         self._explore_left -= 1
         if self._explore_left > 0:
             return
-        rows = self._explore_k + 1
+        rows, fresh = self._explore_k + 1, self._explore_fresh
+        if len(fresh) >= 2:
+            self._t[rows] = deque(fresh, maxlen=32)
+            self._raw.pop(rows, None)
+        elif fresh:
+            self._t.setdefault(rows, deque(maxlen=32)).extend(fresh)
+        self._t_median.pop(rows, None)
         before, now = self._explore_before, self.cost(rows)
         held = before is not None and now is not None and abs(now / before - 1.0) < 0.1
         gap = self._explore_gap.get(rows, self.explore_every)
         self._explore_gap[rows] = min(2 * gap, self.explore_every_max) if held else self.explore_every
-        self._explore_k, self._explore_stale = 0, False
+        self._explore_k, self._explore_fresh = 0, []
 
     def _rescale(self, factor: float) -> None:
         """T(n > 1) ratios were taken against the T(1) a refresh replaced: their seconds were
@@ -368,7 +376,6 @@ class DraftPolicy:
             if k == 0 and (rate is None or other is None or other < (1.0 - self.explore_margin) * rate):
                 continue
             self._explore_k, self._explore_left, self._explore_before = j, self.explore_rounds, self.cost(rows)
-            self._explore_stale = True
             return True
         return False
 
