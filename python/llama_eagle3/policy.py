@@ -136,10 +136,8 @@ class DraftPolicy:
     explore_rounds: int = 4      # verify rounds per re-measurement (the first decode, after a shape change, is not kept)
     explore_margin: float = 0.25  # from plain decoding, chain-1 predicted this much slower is not explored
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
-    # rows -> recent decodes: T(1) in seconds, T(n > 1) over the T(1) of the time (or seconds
-    # while T(1) is unknown: _raw); medians cached until the next sample of that row count
+    # rows -> recent decodes in seconds; medians cached until the next sample of that row count
     _t: dict[int, deque] = field(default_factory=dict)
-    _raw: dict[int, deque] = field(default_factory=dict)
     _t_median: dict[int, float] = field(default_factory=dict)
     _c: _Ema = field(default_factory=lambda: _Ema(0.9))
     _alpha: list[_Acceptance] = field(default_factory=list)
@@ -196,24 +194,17 @@ class DraftPolicy:
             self._t1_before = self._median(1) if 1 in self._t else 0.0
             self._t.pop(1, None)
             self._t_median.pop(1, None)
-        t1 = self._median(1) if rows > 1 and 1 in self._t else None
-        if rows > 1 and t1 is None:
-            self._raw.setdefault(rows, deque(maxlen=32)).append(seconds)
-            return
-        sample = seconds if t1 is None else seconds / t1
         self._sampled_at[rows] = self._rounds
         if self._explore_left > 0 and rows == self._explore_k + 1:  # kept apart until the re-measurement ends
-            self._explore_fresh.append(sample)
+            self._explore_fresh.append(seconds)
             return
-        self._t.setdefault(rows, deque(maxlen=32)).append(sample)
+        self._t.setdefault(rows, deque(maxlen=32)).append(seconds)
         self._t_median.pop(rows, None)
         if rows == 1:
             self._t1_streak += 1
         if refresh and self._t1_streak >= self.t1_refresh_samples:
             if self._t1_before:
-                factor = self._t1_before / self._median(1)
-                self._rescale(factor)
-                held = abs(factor - 1.0) < 0.1
+                held = abs(self._median(1) / self._t1_before - 1.0) < 0.1
                 self._t1_gap = min(2 * self._t1_gap, self.explore_every_max) if held else self.t1_refresh_every
             self._rounds_since_t1, self._decision = 0, None
 
@@ -230,7 +221,6 @@ class DraftPolicy:
         rows, fresh = self._explore_k + 1, self._explore_fresh
         if len(fresh) >= 2:
             self._t[rows] = deque(fresh, maxlen=32)
-            self._raw.pop(rows, None)
         elif fresh:
             self._t.setdefault(rows, deque(maxlen=32)).extend(fresh)
         self._t_median.pop(rows, None)
@@ -239,13 +229,6 @@ class DraftPolicy:
         gap = self._explore_gap.get(rows, self.explore_every)
         self._explore_gap[rows] = min(2 * gap, self.explore_every_max) if held else self.explore_every
         self._explore_k, self._explore_fresh = 0, []
-
-    def _rescale(self, factor: float) -> None:
-        """T(n > 1) ratios were taken against the T(1) a refresh replaced: their seconds were
-        measured right, the T(1) they were divided by may not have been."""
-        for n in [n for n in self._t if n > 1]:
-            self._t[n] = deque((r * factor for r in self._t[n]), maxlen=32)
-            self._t_median.pop(n, None)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
         self._decision = None
@@ -298,13 +281,14 @@ class DraftPolicy:
         return self._alpha[i].estimate(self.alpha(i - 1))
 
     def cost(self, rows: int) -> Optional[float]:
-        """T(rows): measured, else interpolated/extrapolated linearly from measured rows. T(n > 1)
-        is measured relative to T(1) and scaled by today's T(1): as the context grows, every row
-        count gets slower together (measured here on SmolLM2: T(5)/T(1) 3.5 at 0 cells, 3.0
-        at 512), while T(n > 1) itself is only sampled when speculation is on."""
-        if rows in self._t or rows in self._raw:
-            return self._measured(rows)
-        known = sorted((n, self._measured(n)) for n in {*self._t, *self._raw})
+        """T(rows): the median of its recent decodes, else interpolated/extrapolated linearly
+        from measured rows. In seconds as measured: kept until 2026-11-30 relative to the T(1) of
+        the time and scaled by today's, T(n) carried T(1)'s noise twice (the simulated bench
+        found auto's T(2)..T(5) 20-35% above the fixed chains' own); staleness (a longer context,
+        a busier machine) is what re-measurements and T(1)'s refresh are for."""
+        if rows in self._t:
+            return self._median(rows)
+        known = sorted((n, self._median(n)) for n in self._t)
         if len(known) < 2:
             return None
         lo = [p for p in known if p[0] < rows]
@@ -409,13 +393,8 @@ class DraftPolicy:
             m = self._t_median[rows] = statistics.median(self._t[rows])
         return m
 
-    def _measured(self, rows: int) -> float:
-        if rows in self._t:
-            return self._median(rows) * (self._median(1) if rows > 1 else 1.0)
-        return statistics.median(self._raw[rows])
-
     def _n(self, rows: int) -> int:
-        return len(self._t.get(rows, ())) + len(self._raw.get(rows, ()))
+        return len(self._t.get(rows, ()))
 
     def breakeven_alpha(self) -> Optional[float]:
         """The acceptance (the same at every position) from which some chain beats plain decoding
@@ -459,5 +438,5 @@ class DraftPolicy:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
                 "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
                 "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
-                "decode_ms": {n: round(1e3 * self._measured(n), 3) for n in sorted({*self._t, *self._raw})},
+                "decode_ms": {n: round(1e3 * self._median(n), 3) for n in sorted(self._t)},
                 "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}
