@@ -52,7 +52,7 @@ def calibrated(costs: dict[int, float], c: float) -> DraftPolicy:
     p = DraftPolicy(4)
     for rows in (1, 2, 5):
         for _ in range(3):
-            p.observe_decode(rows, costs[rows])
+            p.observe_calibration(rows, costs[rows])
     for _ in range(3):
         p.observe_draft(1, c)
     return p

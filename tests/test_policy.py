@@ -73,6 +73,20 @@ def test_decode_costs_are_the_seconds_measured():
     assert fixed.snapshot()["decode_ms"] == {5: 35.0}
 
 
+def test_start_up_calibration_stands_until_generation_measures_the_shape():
+    """Calibration decodes on an empty context, faster than mid-generation: its samples are
+    replaced by the shape's first kept sample from a generation (the median of 3 calibration
+    samples and a few real ones stayed at the calibration's figure, so chains looked cheaper)."""
+    p = DraftPolicy(4)
+    for rows, sec in ((1, 9.7e-3), (2, 14.4e-3), (5, 27.0e-3)):
+        for _ in range(3):
+            p.observe_calibration(rows, sec)
+    assert p.cost(1) == 9.7e-3
+    p.observe_decode(1, 13e-3)              # after a change of row count: not kept
+    p.observe_decode(1, 10.9e-3)
+    assert p.cost(1) == 10.9e-3 and p.cost(2) == 14.4e-3
+
+
 def test_probes_back_off_where_no_plausible_acceptance_pays():
     """A run of hits brings probes closer, down to 2 tokens when a probe is cheap and to the probe
     budget's gap when it is not, also on costs where even near-perfect drafts barely beat plain

@@ -217,7 +217,7 @@ class Llama(llama_cpp.Llama):
                 else:
                     self._capture.decode(self, tokens[:n], 0, 0)
                 if i >= warmup:
-                    self._policy.observe_decode(n, time.perf_counter() - t0)
+                    self._policy.observe_calibration(n, time.perf_counter() - t0)
                 self._forget_from(0)
         for i in range(warmup + repeats):
             step = self._spec.time_step(self.eagle3_draft_max)
