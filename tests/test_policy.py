@@ -212,7 +212,13 @@ def test_a_wrong_start_up_t1_is_corrected_while_speculating():
     looks worth it and stays on, so T(1) would never be sampled again. Every t1_refresh_every
     rounds a few plain steps re-measure it, and the policy then sees plain decoding is faster."""
     p = DraftPolicy(4, graph_rebuilds=True)
-    measured(p, {1: 3.5e-3, 5: 1.55e-3}, 0.25e-3, [0.3] * 4)
+    for rows, sec in ((1, 3.5e-3), (5, 1.55e-3)):
+        for _ in range(3):
+            p.observe_calibration(rows, sec)
+    p.observe_draft(1, 0.25e-3)
+    for a in p._alpha:
+        for _ in range(100):
+            a.add(0.3)
     true_t1 = 1.2e-3
 
     def true_t(n: int) -> float:                             # 1.2 ms, up to 1.55 ms for 5 rows
