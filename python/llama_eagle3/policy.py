@@ -329,6 +329,17 @@ class DraftPolicy:
             return True
         return False
 
+    def plain_steps_to_probe(self) -> int:
+        """Plain rounds before the head next drafts, at the current estimates (no side effects):
+        the probe_due() calls that would answer False before the one that answers True; 0 while
+        decide() only pauses speculation to re-measure T(1), which resumes within a few steps."""
+        if self.adaptive and self._rounds_since_t1 >= self.t1_refresh_every:
+            return 0
+        t1, c = self.cost(1), self._probe_c.value
+        least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
+        gap = max(self._probe_gap, min(max(self._probe_gap, least), self._probe_cap()))
+        return max(gap - self._since_probe - 1, 0)
+
     def snapshot(self) -> dict:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
                 "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
