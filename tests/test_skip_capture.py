@@ -191,3 +191,19 @@ def test_greedy_identical_through_skipping_probing_and_speculating(arch, targets
     for prompt, n in ((PROMPT + want[:20], 60), (PROMPT, 120), ("the cat", 40)):  # prefix reuse, shorter
         plain = plain_tokens(targets[arch], prompt, n)[0]
         assert spec(prompt, max_tokens=n, temperature=0.0)["choices"][0]["text"] == plain, prompt
+
+
+def test_a_tree_chosen_right_after_a_skipped_step_waits_for_a_captured_one(targets, heads):
+    """A tree needs pending features to draft from; right after a skipped step there are none
+    (an empty tree would put a row in no sequence: llama.cpp crashed). That round is a plain
+    step that captures, and the trees follow."""
+    want, _ = plain_tokens(targets["llama"], PROMPT, 120)
+    spec = make(targets["llama"], heads["llama"], eagle3_tree_width=3, eagle3_tree_nodes=10)
+    fix_costs(spec)
+    log = log_decodes(spec)
+    decide, calls = spec._policy.decide, []
+    spec._policy.decide = lambda: (calls.append(1), (True, 4) if len(calls) > 15 else decide())[1]
+    assert spec(PROMPT, max_tokens=120, temperature=0.0)["choices"][0]["text"] == want
+    kinds = "".join("c" if captured else "s" for _, captured, _ in log[1:])
+    assert kinds == "s" * 15 + "c", kinds             # the 16th step: no tree yet, captured
+    assert spec.speculative_stats()["rounds"] > 0     # trees from then on (their decodes log nothing)

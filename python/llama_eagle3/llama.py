@@ -394,7 +394,7 @@ class Llama(llama_cpp.Llama):
         if len(pending) == 1 and self.eagle3_draft_max > 0 and self._spec.feature_end == n0 and n0 > 0:
             room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
             tree, k = policy.decide()
-            if tree and room >= self.eagle3_draft_max:
+            if tree and room >= self.eagle3_draft_max and self._spec.n_pending > 0:  # (none after a skip)
                 return self._tree_round(pending[0])
             k = min(k, room)
             if k > 0 or (room > 0 and policy.probe_due()):
@@ -408,7 +408,7 @@ class Llama(llama_cpp.Llama):
                 if k > 0 and steady:
                     policy.observe_draft(len(proposed), draft_seconds)
                 drafts, probe = (proposed, []) if k > 0 else ([], proposed)
-            elif policy.adaptive:
+            elif policy.adaptive and not tree:
                 capture = policy.plain_steps_to_probe() < OFF_WINDOW
         batch = pending + drafts
         t0 = time.perf_counter()
