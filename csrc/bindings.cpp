@@ -50,6 +50,8 @@ PYBIND11_MODULE(_core, m) {
         })
         .def_property_readonly("user_data_address", [](HookCapture & c) { return reinterpret_cast<uintptr_t>(&c); })
         .def("begin", &HookCapture::begin)
+        .def("pause", &HookCapture::pause)
+        .def_property_readonly("enabled", &HookCapture::enabled)
         .def("take", [](const HookCapture & c) {
             std::vector<float> out;
             const int64_t n = c.take(out);

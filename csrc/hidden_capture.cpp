@@ -22,6 +22,9 @@ bool HookCapture::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
 }
 
 bool HookCapture::on_tensor(ggml_tensor * t, bool ask) {
+    if (!enabled_) {
+        return !ask;  // select nothing; an unselected node never stops the computation
+    }
     const char * name = ggml_get_name(t);
     size_t k = 0;
     while (k < names_.size() && names_[k] != name) {
@@ -46,6 +49,7 @@ bool HookCapture::on_tensor(ggml_tensor * t, bool ask) {
 }
 
 void HookCapture::begin() {
+    enabled_ = true;
     for (auto & r : rows_) {
         r.clear();
     }

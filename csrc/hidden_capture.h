@@ -11,7 +11,9 @@
 //                    compare) and hands it each selected tensor once computed
 //                    (ask=false); it copies the rows with ggml_backend_tensor_get, which
 //                    every backend (CPU, CUDA, Metal, ...) implements. Works on any
-//                    architecture.
+//                    architecture. After pause() it selects no node until the next
+//                    begin(): the scheduler then computes each split whole, as without
+//                    a callback (a decode whose states nobody reads).
 //   builtin_*      - llama.cpp's own layer-input extraction. Only architectures whose
 //                    graph sets t_layer_inp support it; asking others aborts the
 //                    process, so Python decides which path to use before calling.
@@ -37,8 +39,13 @@ public:
     // ggml_backend_sched_eval_callback; user_data is this object.
     static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
 
-    // Forget the rows of earlier decodes.
+    // Forget the rows of earlier decodes; capture from the next decode on.
     void begin();
+
+    // Select no node (capture nothing, split nothing) until the next begin().
+    void pause() { enabled_ = false; }
+
+    bool enabled() const { return enabled_; }
 
     // Rows captured since begin(): out[r * 3*n_embd + k*n_embd + j] = layer k, row r.
     // Throws if the layers disagree on the row count or a tensor was unusable.
@@ -53,6 +60,7 @@ private:
     std::vector<std::vector<float>> rows_;   // per layer, [n_rows * n_embd]
     int32_t                         n_embd_;
     std::string                     error_;
+    bool                            enabled_ = true;
 };
 
 // llama.cpp's built-in extraction (see header comment for when it is allowed).

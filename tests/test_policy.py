@@ -9,6 +9,7 @@ import llama_cpp
 import pytest
 
 from llama_eagle3 import Llama
+from llama_eagle3.calibration import calibrate
 from llama_eagle3.policy import DraftPolicy
 
 import oracle
@@ -285,7 +286,7 @@ def test_calibration_decodes_each_shape_in_a_row(targets, heads):
     spec._capture.decode = lambda llm, chunk, *a: (seen.append(len(chunk)), decode(llm, chunk, *a))[1]
     spec._decode_tree = lambda tokens, pos, seqs: (seen.append(("tree", len(tokens), len(seqs[0]))),
                                                    decode_tree(tokens, pos, seqs))[1]
-    spec._calibrate(warmup=2, repeats=3)
+    calibrate(spec, warmup=2, repeats=3)
     # the tree row count is timed on a stand-in tree: 12 nodes, 3 under the first of each level, 9 leaves
     assert seen == [1] * 5 + [2] * 5 + [5] * 5 + [("tree", 13, 9)] * 5
     assert spec.n_tokens == 0

@@ -2,8 +2,10 @@
 
 The engine owns the target's KV state. It keeps llama-cpp-python's invariant
 (the target KV holds exactly input_ids[:n_tokens]) and adds the proposer's
-(features of every target position are in the head's KV or pending; see
-proposer.py). A round:
+(features of every target position from the head's start on are in the head's KV
+or pending; see proposer.py). A plain step (K = 0) more than OFF_WINDOW positions
+before the next probe is decoded without capture, and the head's start moves past
+it (proposer.skip). A round:
 
     pending  = tokens to evaluate, [t_n] in steady state (t_n: the last sampled token)
     drafts   = proposer.propose(t_n)                        # d_1..d_K, K may be 0
@@ -35,12 +37,12 @@ from typing import Generator, Optional, Sequence, Union
 import numpy as np
 
 from ._native import core, llama_cpp
+from .calibration import calibrate
 from .capture import CaptureMode, FeatureCapture, context_address
 from .hub import cached_repo_file, offline, resolve_head
 from .policy import DraftPolicy
 from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
-from .tree import DraftTree
 from .verifier import SimulatedAcceptance, accept_chain, accept_tree
 
 from eagle3_convert.errors import ConversionError
@@ -54,7 +56,9 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 MAX_TREE_WIDTH = 8
 MAX_TREE_NODES = 63  # the target context gets one sequence per leaf
-OFF_WINDOW = 16  # head context kept while speculation is off (proposer.forget): what a probe decodes
+# the head context a probe decodes: kept while speculation is off (proposer.forget) and captured
+# only by the plain steps this close to the next probe (the others: proposer.skip)
+OFF_WINDOW = 16
 
 
 class Llama(llama_cpp.Llama):
@@ -185,44 +189,7 @@ class Llama(llama_cpp.Llama):
         self._spec = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(self._spec.close)  # LIFO: the head goes before the target context
         if self._policy.adaptive and self.eagle3_draft_max > 0:
-            self._calibrate()
-
-    def _calibrate(self, warmup: Optional[int] = None, repeats: int = 3) -> None:
-        """Start-up measurement for the draft policy, so that no generation pays for warm-up
-        rounds: the target's decode time T(n) for the row counts the policy compares (one row;
-        two, a one-token draft, which on a compute-bound CPU costs more than the straight line
-        from T(1) to T(k_max + 1) says; a chain verify; a tree verify) and the head's step time,
-        on throwaway positions of the empty context; both KV caches are emptied afterwards.
-        Each row count is decoded warmup + repeats times in a row, T(1) first: the uncounted
-        ones page in a freshly mapped model and, offloaded, let the backend build and reuse its
-        graph for that shape, as in a steady run of that shape (CUDA graphs are rebuilt when the
-        shape changes; interleaving the row counts measured the rebuilds on an H200, T(1)
-        3.5 ms against 1.2 ms steady). warmup: 2 when layers are offloaded, else 1. The tree
-        row count is timed on a stand-in tree (DraftTree.comb) verified like a real one."""
-        if warmup is None:
-            warmup = 2 if self._policy.graph_rebuilds else 1
-        limit = min(self.n_batch, self.context_params.n_ubatch, self._n_ctx)
-        rows = sorted({n for n in (1, 2, self.eagle3_draft_max + 1, self.eagle3_tree_nodes + 1) if n <= limit})
-        tokens = [i % self._n_vocab for i in range(1, rows[-1] + 1)]
-        # a tree verify is timed as one: its sequences (one per leaf) and masks cost more than
-        # as many plain rows (on an H200, 4.2 ms against 2.0 for 13 rows)
-        tree = DraftTree.comb(self.eagle3_tree_width, self.eagle3_tree_nodes, self.eagle3_draft_max) \
-            if self.eagle3_tree_nodes > self.eagle3_draft_max else None
-        for n in rows:  # T(1) first: larger row counts are kept relative to it
-            for i in range(warmup + repeats):
-                t0 = time.perf_counter()
-                # both read the captured rows: they wait for the backend
-                if tree is not None and n == len(tree) + 1:
-                    self._decode_tree([tokens[0], *tree.tokens], [0, *tree.depth], tree.row_sequences())
-                else:
-                    self._capture.decode(self, tokens[:n], 0, 0)
-                if i >= warmup:
-                    self._policy.observe_calibration(n, time.perf_counter() - t0)
-                self._forget_from(0)
-        for i in range(warmup + repeats):
-            step = self._spec.time_step(self.eagle3_draft_max)
-            if i >= warmup:
-                self._policy.observe_draft(1, step)
+            calibrate(self)
 
     @property
     def _ctx_limit(self) -> int:
@@ -294,16 +261,16 @@ class Llama(llama_cpp.Llama):
         self._requires_eval = True
         return keep
 
-    def _decode(self, tokens: Sequence[int], n_logits: int) -> None:
+    def _decode(self, tokens: Sequence[int], n_logits: int, capture: bool = True) -> None:
         """Evaluates tokens at n_tokens.. (n_batch chunks) with logits on the last n_logits rows
-        (all rows with logits_all) and hands their features to the proposer. Callers first bring
-        the proposer in step with n_tokens (_truncate / _resync)."""
+        (all rows with logits_all) and hands their features to the proposer (capture=False: has it
+        skip them). Callers first bring the proposer in step with n_tokens (_truncate / _resync)."""
         self._forget_from(self.n_tokens)
         n_total = len(tokens)
         for i in range(0, n_total, self.n_batch):
             chunk = tokens[i : min(n_total, i + self.n_batch)]
             n_past, n = self.n_tokens, len(chunk)
-            features = self._capture.decode(self, chunk, n_past, n_total - n_logits - i)
+            features = self._capture.decode(self, chunk, n_past, n_total - n_logits - i, capture)
             self.input_ids[n_past : n_past + n] = chunk
             if self._logits_all:
                 logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n * self._n_vocab,))
@@ -313,7 +280,10 @@ class Llama(llama_cpp.Llama):
             if n_past + n <= self._ctx_limit:
                 # past the limit llama-cpp-python stops tracking tokens; the proposer falls behind
                 # (no drafting there) and prefix reuse re-evaluates what it lacks
-                self._spec.observe(features, self.input_ids)
+                if features is None:
+                    self._spec.skip(n)
+                else:
+                    self._spec.observe(features, self.input_ids)
 
     def eval(self, tokens: Sequence[int]) -> None:
         if self._spec is None:
@@ -420,10 +390,11 @@ class Llama(llama_cpp.Llama):
         n0 = self.n_tokens
         drafts: list[int] = []
         probe: list[int] = []  # an unverified one-token draft while the policy has speculation off
+        capture = self.eagle3_draft_max > 0  # False: nothing reads this decode's features (OFF_WINDOW)
         if len(pending) == 1 and self.eagle3_draft_max > 0 and self._spec.feature_end == n0 and n0 > 0:
             room = self._ctx_limit - n0 - 1  # the verify batch must fit in the context
             tree, k = policy.decide()
-            if tree and room >= self.eagle3_draft_max:
+            if tree and room >= self.eagle3_draft_max and self._spec.n_pending > 0:  # (none after a skip)
                 return self._tree_round(pending[0])
             k = min(k, room)
             if k > 0 or (room > 0 and policy.probe_due()):
@@ -437,9 +408,11 @@ class Llama(llama_cpp.Llama):
                 if k > 0 and steady:
                     policy.observe_draft(len(proposed), draft_seconds)
                 drafts, probe = (proposed, []) if k > 0 else ([], proposed)
+            elif policy.adaptive and not tree:
+                capture = policy.plain_steps_to_probe() < OFF_WINDOW
         batch = pending + drafts
         t0 = time.perf_counter()
-        self._decode(batch, len(drafts) + 1)
+        self._decode(batch, len(drafts) + 1, capture)
         t1 = time.perf_counter()
         if drafts:
             stats.verify_seconds += t1 - t0
@@ -464,7 +437,7 @@ class Llama(llama_cpp.Llama):
             policy.observe_round(len(drafts), n_accepted)
             self._truncate(first_pos + 1 + n_accepted)
         elif len(pending) == 1:
-            stats.record_round(0, 0)
+            stats.record_round(0, 0, captured=capture)
             if probe:
                 hit = probe[0] == committed[0] if self._simulated is None else self._simulated.probe_hit()
                 stats.record_probe(hit)

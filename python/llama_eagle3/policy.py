@@ -15,7 +15,7 @@ with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer;
 head's draft calls, alpha from recent rounds (exponentially weighted, so a predictable
 stretch of text turns speculation on and a hard one turns it off).
 
-Warm-up: the engine measures T(n) and c at start-up (Llama._calibrate), so that no
+Warm-up: the engine measures T(n) and c at start-up (calibration.py), so that no
 generation pays for warm-up rounds; without that, plain rounds run until T(1) is measured,
 then k_max until T(k_max + 1) and c are. Rows never measured are interpolated linearly
 between measured ones (extrapolated beyond them). While speculation is
@@ -449,6 +449,17 @@ class DraftPolicy:
             self._since_probe = 0
             return True
         return False
+
+    def plain_steps_to_probe(self) -> int:
+        """Plain rounds before the head next drafts, at the current estimates (no side effects):
+        the probe_due() calls that would answer False before the one that answers True; 0 while
+        decide() only pauses speculation to re-measure T(1), which resumes within a few steps."""
+        if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
+            return 0
+        t1, c = self.cost(1), self._probe_c.value
+        least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
+        gap = max(self._probe_gap, min(max(self._probe_gap, least), self._probe_cap()))
+        return max(gap - self._since_probe - 1, 0)
 
     def snapshot(self) -> dict:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],

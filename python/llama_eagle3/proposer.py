@@ -5,6 +5,8 @@ State, kept in step with the target's KV cache (positions 0..n_tokens-1):
     head KV     [head_start, head_n)             pairs (token[P+1], g[P]) from true target features
     pending     f rows of [head_n, feature_end)  target features not yet in the head's KV
     feature_end == the target's n_tokens while the two are in step
+    head_start <= head_n <= feature_end; positions before head_start have no features here,
+    and the head's KV holds no cell (not even a draft's) while head_n == head_start
 
 Features stay raw (f, 3*Ht) until the head needs them: propose() encodes the pending rows
 (g = fc(f)) in one call, so plain steps without a draft and rejected verify rows cost no
@@ -18,9 +20,11 @@ with observe().
 
 While the draft policy has speculation off, forget(window) keeps fewer than 2 * `window` pending
 rows and empties the head's KV, so the next probe decodes fewer than 2 * `window` pairs instead of
-every position since the previous probe: the head's context then starts at head_start > 0
-(positions before it were never shown to it; llama.cpp accepts a sequence that starts
-anywhere in an empty KV). Drafts are verified, so this changes speed, never output.
+every position since the previous probe, and plain steps far from the next probe are decoded
+without capture: skip(n) moves head_start past them and empties the head's KV. Either way the
+head's context then starts at head_start > 0 (positions before it were never shown to it;
+llama.cpp accepts a sequence that starts anywhere in an empty KV). Drafts are verified, so
+this changes speed, never output.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class Eagle3Proposer:
         self.reset()
 
     def reset(self) -> None:
-        self.head_n = 0
+        self.head_start = self.head_n = 0
         self._pending: list[np.ndarray] = []  # blocks of feature rows [m, 3*Ht]
         self._n_pending = 0
         self.runner.truncate(0)
@@ -84,21 +88,35 @@ class Eagle3Proposer:
         if self._n_pending < 2 * window:
             return
         rows = self._pending_rows()[-window:]
-        self.head_n = self.feature_end - window
-        self.runner.truncate(0)
+        self._restart(self.feature_end - window)
         self._pending, self._n_pending = [rows], window
+
+    def skip(self, n: int) -> None:
+        """The target decoded positions [feature_end, feature_end + n) without capturing their
+        features: the head's context restarts after them."""
+        self._restart(self.feature_end + n)
+
+    def _restart(self, pos: int) -> None:
+        """The head's context starts over at pos: no pending rows, an empty head KV."""
+        if self.head_n > self.head_start:  # else the head's KV is empty already
+            self.runner.truncate(0)
+        self.head_start = self.head_n = pos
+        self._pending, self._n_pending = [], 0
 
     def truncate(self, m: int) -> int:
         """The target keeps positions [0, m); returns how many it may keep so that every kept
-        position has its features here or in the head's KV (<= m)."""
+        position from head_start on has its features here or in the head's KV (<= m)."""
         m = min(m, self.feature_end)
         if m > self.head_n:
             keep = m - self.head_n
             rows = self._pending_rows()[:keep]
             self._pending, self._n_pending = [rows], keep
             return m
+        if m <= self.head_start:  # nothing of the head's context stays
+            self._restart(m)
+            return m
         # the head consumed token m (pair m-1) or later: re-derive position m-1 from the target
-        self.head_n = max(m - 1, 0)
+        self.head_n = m - 1
         self._pending, self._n_pending = [], 0
         self.runner.truncate(self.head_n)
         return self.head_n

@@ -12,6 +12,7 @@ class SpeculativeStats:
     drafted: int = 0             # draft tokens proposed
     accepted: int = 0            # draft tokens accepted
     plain_steps: int = 0         # single-token target decodes without a draft
+    uncaptured_steps: int = 0    # ... whose hidden states were not captured (no probe read them)
     probes: int = 0              # plain steps that checked an unverified one-token draft (policy.py)
     probe_hits: int = 0          # ... whose draft was the committed token
     accepted_at: list[int] = field(default_factory=list)  # accepted_at[i]: rounds whose draft i was accepted
@@ -22,11 +23,14 @@ class SpeculativeStats:
     generate_seconds: float = 0.0  # wall time inside generate(), prompt included
     plain_decode_seconds: float = 0.0  # target decodes without a draft (prompts, plain steps)
 
-    def record_round(self, n_drafted: int, n_accepted: int, depth: Optional[int] = None) -> None:
-        """A verify of n_drafted draft tokens reaching `depth` positions (a chain: depth = n_drafted)."""
+    def record_round(self, n_drafted: int, n_accepted: int, depth: Optional[int] = None,
+                     captured: bool = True) -> None:
+        """A verify of n_drafted draft tokens reaching `depth` positions (a chain: depth = n_drafted);
+        n_drafted = 0: a plain step, its hidden states captured or not."""
         depth = n_drafted if depth is None else depth
         if n_drafted == 0:
             self.plain_steps += 1
+            self.uncaptured_steps += int(not captured)
             return
         self.rounds += 1
         self.drafted += n_drafted

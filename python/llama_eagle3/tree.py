@@ -44,7 +44,7 @@ class DraftTree:
 
     @classmethod
     def comb(cls, width: int, nodes: int, depth: int) -> "DraftTree":
-        """A stand-in tree of `nodes` nodes for timing a verify (Llama._calibrate): `width`
+        """A stand-in tree of `nodes` nodes for timing a verify (calibration.calibrate): `width`
         children under the first node of each level down to `depth`, then more children of the
         root. The shape of a confident EAGLE-2 tree: the top-1 chain with alternatives along it."""
         parents: list[int] = []
