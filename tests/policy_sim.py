@@ -16,6 +16,9 @@ COSTS = {
     "smollm2-cpu": ({1: 12.5e-3, 2: 18.0e-3, 3: 23.5e-3, 4: 29.0e-3, 5: 36.0e-3}, 1.4e-3),
     # the llama-8b synthetic shape, Q4_K_M, same CPU (2026-11-29; T(3), T(4) interpolated)
     "llama8b-cpu": ({1: 117e-3, 2: 198e-3, 3: 260e-3, 4: 322e-3, 5: 384e-3}, 13.3e-3),
+    # the same shape and quantization on the same CPU on 2026-11-30 (memory slower that day): llama.cpp's
+    # repacked Q4_K kernels take rows in blocks of 4, so T(4) < T(2)
+    "llama8b-cpu-rows-of-4": ({1: 315e-3, 2: 505e-3, 3: 640e-3, 4: 465e-3, 5: 658e-3}, 26.5e-3),
     # bandwidth-bound: more rows nearly free
     "gpu-like": ({1: 6.0e-3, 2: 6.1e-3, 3: 6.2e-3, 4: 6.3e-3, 5: 6.4e-3}, 0.3e-3),
 }
@@ -47,14 +50,14 @@ def rate(costs: dict[int, float], c: float, alpha: float, tokens: int, seed: int
 
 
 def calibrated(costs: dict[int, float], c: float) -> DraftPolicy:
-    """An adaptive policy after the engine's start-up calibration (rows 1, 2, 5 and the head step)
+    """An adaptive policy after the engine's start-up calibration (rows 1-5 and the head step)
     measured these costs."""
     p = DraftPolicy(4)
-    for rows in (1, 2, 5):
+    for rows in range(1, 6):
         for _ in range(3):
             p.observe_calibration(rows, costs[rows])
     for _ in range(3):
-        p.observe_draft(1, c)
+        p.observe_calibration_step(c)
     return p
 
 

@@ -43,11 +43,14 @@ def plain_tokens(target, prompt: str, n: int) -> tuple[str, list[int]]:
 def fix_costs(spec: Llama, gap: int = GAP) -> None:
     """This machine's timings replaced by CPU's, probes at most `gap` tokens apart."""
     policy = spec._policy
-    for n, sec in CPU.items():
+
+    def cpu(n: int) -> float:  # CPU's costs, interpolated between 2 and 5 rows
+        return CPU.get(n, CPU[2] + (n - 2) * (CPU[5] - CPU[2]) / 3)
+    for n in range(1, 6):  # every row count calibration measured
         for _ in range(8):
-            policy.observe_decode(n, sec)
+            policy.observe_decode(n, cpu(n))
     observe, probe = policy.observe_decode, policy.observe_probe
-    policy.observe_decode = lambda n, seconds: observe(n, CPU.get(n, CPU[2] + (n - 2) * (CPU[5] - CPU[2]) / 3))
+    policy.observe_decode = lambda n, seconds: observe(n, cpu(n))
     policy.observe_draft = lambda steps, seconds: None
     policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
     policy._c.add(1.1e-3)

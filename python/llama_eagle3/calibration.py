@@ -13,11 +13,15 @@ if TYPE_CHECKING:
 
 
 def calibrate(llm: "Llama", warmup: Optional[int] = None, repeats: int = 3) -> None:
-    """Measures, for llm's draft policy, the target's decode time T(n) for the row counts the
-    policy compares (one row; two, a one-token draft, which on a compute-bound CPU costs more
-    than the straight line from T(1) to T(k_max + 1) says; a chain verify; a tree verify) and
-    the head's step time, on throwaway positions of the empty context; both KV caches are
-    emptied afterwards. Each row count is decoded warmup + repeats times in a row, T(1) first:
+    """Measures, for llm's draft policy, the target's decode time T(n) for every row count the
+    policy compares (1..k_max + 1: plain decoding and every chain verify; a tree verify) and the
+    head's step time, on throwaway positions of the empty context; both KV caches are emptied
+    afterwards. Every chain length is measured, not interpolated: T(n) is not a straight line.
+    On a compute-bound CPU two rows cost more than the line from T(1) to T(k_max + 1) says, and
+    llama.cpp's CPU kernels for repacked quantizations take rows in blocks of 4: on this
+    project's CPU, a Llama-8B-shaped Q4_K_M target measured T(1) 315 ms, T(2) 505, T(3) 640,
+    T(4) 465, T(5) 658, so a chain of 3 was 2.06x plain at acceptance 0.95 while the
+    interpolated T(4) (607) had auto decode plainly. Each row count is decoded warmup + repeats times in a row, T(1) first:
     the uncounted ones page in a freshly mapped model and, offloaded, let the backend build and
     reuse its graph for that shape, as in a steady run of that shape (CUDA graphs are rebuilt
     when the shape changes; interleaving the row counts measured the rebuilds on an H200, T(1)
@@ -27,13 +31,13 @@ def calibrate(llm: "Llama", warmup: Optional[int] = None, repeats: int = 3) -> N
     if warmup is None:
         warmup = 2 if policy.graph_rebuilds else 1
     limit = min(llm.n_batch, llm.context_params.n_ubatch, llm._n_ctx)
-    rows = sorted({n for n in (1, 2, llm.eagle3_draft_max + 1, llm.eagle3_tree_nodes + 1) if n <= limit})
+    rows = sorted({n for n in (*range(1, llm.eagle3_draft_max + 2), llm.eagle3_tree_nodes + 1) if n <= limit})
     tokens = [i % llm._n_vocab for i in range(1, rows[-1] + 1)]
     # a tree verify is timed as one: its sequences (one per leaf) and masks cost more than
     # as many plain rows (on an H200, 4.2 ms against 2.0 for 13 rows)
     tree = DraftTree.comb(llm.eagle3_tree_width, llm.eagle3_tree_nodes, llm.eagle3_draft_max) \
         if llm.eagle3_tree_nodes > llm.eagle3_draft_max else None
-    for n in rows:  # T(1) first: larger row counts are kept relative to it
+    for n in rows:
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
             # both read the captured rows: they wait for the backend
@@ -47,4 +51,4 @@ def calibrate(llm: "Llama", warmup: Optional[int] = None, repeats: int = 3) -> N
     for i in range(warmup + repeats):
         step = llm._spec.time_step(llm.eagle3_draft_max)
         if i >= warmup:
-            policy.observe_draft(1, step)
+            policy.observe_calibration_step(step)
