@@ -134,7 +134,7 @@ class DraftPolicy:
     explore_every: int = 32      # rounds after which a neighbouring length's cost is re-measured ...
     explore_every_max: int = 1024  # ... the gap doubling up to this while re-measurements confirm it
     explore_rounds: int = 4      # verify rounds per re-measurement (the first decode, after a shape change, is not kept)
-    explore_margin: float = 0.25  # from plain decoding, chain-1 predicted this much slower is not explored
+    explore_margin: float = 0.1   # from plain decoding, a chain predicted this much slower is not re-measured
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     # rows -> recent decodes in seconds; medians cached until the next sample of that row count
     _t: dict[int, deque] = field(default_factory=dict)
