@@ -41,8 +41,9 @@ best (measured: a stale T(4) 40% high kept auto 15% below chain-3). So when the 
 k has a neighbour k +- 1 whose row count was last sampled over its explore gap of rounds ago,
 the next `explore_rounds` rounds draft that neighbour and their decodes replace its older
 samples: step by step the policy climbs to the best length even past a stale estimate further
-on. From plain decoding (k = 0; T(1) has its own refresh) only chain-1 is a neighbour, and
-only while its predicted rate is within `explore_margin` of plain's: where speculation is
+on. From plain decoding (k = 0; T(1) has its own refresh) the chain the model rates best is
+re-measured (T(n) need not grow steadily), and only while its predicted rate is within
+`explore_margin` of plain's: where speculation is
 hopeless (a CPU, a weak head) it is not paid for. The gap starts at explore_every rounds and
 doubles (up to explore_every_max) each time the neighbour, freshly measured, still loses to the
 chosen length, so where the choice is right exploring costs next to nothing.
@@ -89,10 +90,11 @@ class _Ema:
 class _Acceptance:
     """P(a draft position is accepted | the earlier ones were): an exponentially weighted mean
     of its recent verify outcomes (the last ~1 / (1 - decay) count) plus PRIOR_WEIGHT
-    pseudo-outcomes of a prior (the previous position's estimate; the first position has none). While the position goes
-    unsampled (the policy drafts shorter, or decodes plainly), its outcomes' weight fades by `fade` per round, so an
-    estimate that a few unlucky rounds pushed down drifts back towards the prior and the longer
-    chain is tried (and measured) again instead of never."""
+    pseudo-outcomes of a prior (the previous position's estimate; the first position has none).
+    While the position goes unsampled (the policy drafts shorter, or decodes plainly), its
+    outcomes' weight fades by `fade` per round, so an estimate that a few unlucky rounds pushed
+    down drifts back towards the prior and the longer chain is tried (and measured) again
+    instead of never."""
     decay: float
     fade: float
     PRIOR_WEIGHT: ClassVar[float] = 2.0
@@ -173,7 +175,7 @@ class DraftPolicy:
     # ---- measurements ------------------------------------------------------------------
 
     def observe_calibration(self, rows: int, seconds: float) -> None:
-        """A start-up calibration decode (Llama._calibrate): on an empty context, so faster than the
+        """A start-up calibration decode (calibration.py): on an empty context, so faster than the
         same shape mid-generation (on this project's CPU, SmolLM2: T(1) 9.7 ms against 10.9, T(2)
         14.4 against 17.2). It stands until that row count's first sample from a generation,
         which replaces it."""
@@ -356,9 +358,10 @@ class DraftPolicy:
         after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
         slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds (doubling
         while speculation still wins after a refresh), plain
-        steps until t1_refresh_samples T(1) samples are kept (offloaded, the first step follows a
-        shape change and is not), which replace the older ones: a start-up T(1) that was off, or a
-        machine that got faster, must not keep speculation on where plain decoding is faster.
+        steps until t1_refresh_samples T(1) samples are kept (the first step follows a shape change
+        and is not), which join the previous refresh's in place of the older ones: a start-up T(1)
+        that was off, or a machine that got faster, must not keep speculation on where plain
+        decoding is faster.
         Costs ~5 plain steps per t1_refresh_every rounds."""
         if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return False, 0
@@ -379,8 +382,9 @@ class DraftPolicy:
         rate = self.expected_rate(k)
         # from plain decoding, the chain the model rates best (on a CPU T(n) need not grow
         # steadily: llama.cpp's repacked kernels take rows in blocks of 4)
-        best = max(range(1, self.k_max + 1), key=lambda j: self.expected_rate(j) or 0.0)
-        for j in ((k + 1, k - 1) if k > 0 else (best,)):
+        candidates = (k + 1, k - 1) if k > 0 else (
+            max(range(1, self.k_max + 1), key=lambda j: self.expected_rate(j) or 0.0),)
+        for j in candidates:
             rows = j + 1
             if not 1 <= j <= self.k_max:
                 continue
@@ -454,12 +458,7 @@ class DraftPolicy:
             breakeven = self.breakeven_alpha()
             self._hopeless = None if breakeven is None else breakeven > self.hopeless_alpha
             self._hopeless_age = 0
-        # probes within probe_budget: gap >= probe time / (probe_budget * T(1)); misses widen the
-        # gap up to the cap (hopeless_probe_every where hopeless), hits narrow it in either case
-        t1, c = self.cost(1), self._probe_c.value
-        least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
-        gap = min(max(self._probe_gap, least), self._probe_cap())
-        if self._since_probe >= gap:
+        if self._since_probe >= self._budgeted_probe_gap():
             self._since_probe = 0
             return True
         return False
@@ -470,10 +469,16 @@ class DraftPolicy:
         decide() only pauses speculation to re-measure T(1), which resumes within a few steps."""
         if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return 0
+        gap = max(self._probe_gap, self._budgeted_probe_gap())
+        return max(gap - self._since_probe - 1, 0)
+
+    def _budgeted_probe_gap(self) -> int:
+        """Plain steps between probes: probes within probe_budget (gap >= probe time /
+        (probe_budget * T(1))); misses widen the gap up to the cap (hopeless_probe_every where
+        hopeless), hits narrow it in either case."""
         t1, c = self.cost(1), self._probe_c.value
         least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
-        gap = max(self._probe_gap, min(max(self._probe_gap, least), self._probe_cap()))
-        return max(gap - self._since_probe - 1, 0)
+        return min(max(self._probe_gap, least), self._probe_cap())
 
     def snapshot(self) -> dict:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
