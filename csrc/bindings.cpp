@@ -59,7 +59,7 @@ PYBIND11_MODULE(_core, m) {
             return to_array(std::move(out), n, width);
         });
 
-    m.def("builtin_enable", [](uintptr_t ctx, const std::vector<int32_t> & ids) { builtin_enable(as_ctx(ctx), ids); });
+    m.def("builtin_set", [](uintptr_t ctx, const std::vector<int32_t> & ids, bool on) { builtin_set(as_ctx(ctx), ids, on); });
     m.def("builtin_read", [](uintptr_t ctx, const std::vector<int32_t> & ids, int32_t n_embd, int64_t n_rows) {
         std::vector<float> out;
         builtin_read(as_ctx(ctx), ids, n_embd, n_rows, out);

@@ -79,9 +79,9 @@ int64_t HookCapture::take(std::vector<float> & out) const {
     return n_rows;
 }
 
-void builtin_enable(llama_context * ctx, const std::vector<int32_t> & layer_ids) {
+void builtin_set(llama_context * ctx, const std::vector<int32_t> & layer_ids, bool on) {
     for (int32_t id : layer_ids) {
-        llama_set_embeddings_layer_inp(ctx, (uint32_t) id, true);
+        llama_set_embeddings_layer_inp(ctx, (uint32_t) id, on);
     }
 }
 

@@ -63,7 +63,8 @@ private:
     bool                            enabled_ = true;
 };
 
-// llama.cpp's built-in extraction (see header comment for when it is allowed).
-void builtin_enable(llama_context * ctx, const std::vector<int32_t> & layer_ids);
+// llama.cpp's built-in extraction (see header comment for when it is allowed). Switching it
+// makes llama.cpp reserve its scheduler again at the next decode (a few ms on a CPU).
+void builtin_set(llama_context * ctx, const std::vector<int32_t> & layer_ids, bool on);
 void builtin_read(llama_context * ctx, const std::vector<int32_t> & layer_ids, int32_t n_embd,
                   int64_t n_rows, std::vector<float> & out);

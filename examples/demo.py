@@ -47,6 +47,23 @@ def stream(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int, label: s
     return "".join(text), n, dt
 
 
+def explain(policy: dict) -> str:
+    """One line on what this machine charges for speculation and what would pay here, from the
+    costs and acceptance the draft policy measured (Llama.speculative_stats()["policy"])."""
+    t = {int(n): ms for n, ms in policy["decode_ms"].items()}
+    step, breakeven, alpha = policy["draft_step_ms"], policy["breakeven_alpha"], policy["alpha"][0]
+    if 1 not in t or 2 not in t or step is None:
+        return "this machine's costs were not measured (speculation off from the start)"
+    charge = (f"this machine charges: verifying 2 tokens = {t[2] / t[1]:.2f} plain tokens, a head step = "
+              f"{step / t[1]:.0%} of one")
+    if breakeven == "none pays" or (isinstance(breakeven, float) and breakeven > 0.9):
+        need = "no acceptance pays" if breakeven == "none pays" else f"only acceptance >= {breakeven:.2f} pays"
+        return (f"{charge}; {need} (this head: {alpha:.2f} at the first position), so auto decodes plainly. "
+                f"A small target on a CPU cannot gain; an 8B target at acceptance 0.8 would be measured by "
+                f"`llama-eagle3 bench --synthetic llama-8b --simulate-acceptance 0.8`")
+    return f"{charge}; drafts pay from acceptance {breakeven} (this head: {alpha:.2f} at the first position)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", type=Path, default=None, help="EAGLE-3 head GGUF for SmolLM2 (default: the shipped one)")
@@ -85,7 +102,9 @@ def main() -> None:
     print(f"mean accepted length {s['mean_accepted_length']:.2f} over {s['rounds']} verify rounds "
           f"({s['drafted']} drafted, {s['accepted']} accepted, {s['plain_steps']} plain steps); "
           f"acceptance per position {[round(x, 2) for x in s['acceptance_at']]}")
-    print(f"draft policy: {s['policy']} ({s['probes']} probe drafts while speculation was off)")
+    print(f"draft policy: {s['policy']} ({s['probes']} probe drafts while speculation was off, "
+          f"{s['fallback_steps']} tokens decoded by the plain fallback)")
+    print(explain(s["policy"]))
     print(f"outputs identical: {text_a == text_b}")
     if a.random_head:
         print("note: random head, so drafts are rarely confident enough to be tried; train or convert a real head")

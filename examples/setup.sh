@@ -10,6 +10,14 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
 python -m pip install --quiet --upgrade pip
+# llama.cpp's AMX kernels (compiled in by its native CPU build where the CPU has AMX) crashed plain
+# llama-cpp-python 0.3.36 in its first matrix product on this project's Xeon VMs (2026-12-03,
+# ggml_backend_amx_mul_mat, SmolLM2 and tiny f32 models alike): build without them there, unless
+# the caller chose its own build flags. pip caches the wheel it builds, whichever flags it had.
+if [ -z "${CMAKE_ARGS:-}" ] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+  export CFLAGS="${CFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  export CXXFLAGS="${CXXFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 extras=""
 [ $# -gt 0 ] && extras="[$(IFS=,; echo "$*")]"
 case " $* " in

@@ -27,7 +27,7 @@ def check_llama_cpp_matches_reference(path: Path, target: Path, n_vocab: int, n:
     lm_head = None if head.lm_head is not None else gguf_tensor(reader, "output.weight")
     llm = Llama(str(target), n_ctx=256, verbose=False, eagle3_head=str(path), eagle3_draft_max=0)
     try:
-        runner = llm._spec.runner
+        runner = llm._engine.drafter.runner
         rng = np.random.default_rng(0)
         f = rng.standard_normal((n, 3 * head.config.target_hidden_size)).astype(np.float32)
         tokens = rng.integers(0, n_vocab, n).astype(np.int32)

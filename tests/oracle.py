@@ -51,6 +51,6 @@ class OracleProposer:
 
 
 def install(llm, references: list[list[int]], error_rate: float = 0.25, seed: int = 0) -> OracleProposer:
-    oracle = OracleProposer(llm._spec, references, error_rate, seed)
-    llm._spec = oracle
+    oracle = OracleProposer(llm._engine.drafter, references, error_rate, seed)
+    llm._engine.drafter = oracle
     return oracle

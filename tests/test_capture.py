@@ -13,13 +13,13 @@ from llama_eagle3 import Llama
 def captured(llm: Llama, tokens: list[int], chunks: list[int]) -> np.ndarray:
     """Features the proposer receives while the target evaluates tokens in the given chunk sizes."""
     rows: list[np.ndarray] = []
-    observe = llm._spec.observe
-    llm._spec.observe = lambda f, ids: (rows.append(f.copy()), observe(f, ids))
+    observe = llm._engine.drafter.observe
+    llm._engine.drafter.observe = lambda f, ids: (rows.append(f.copy()), observe(f, ids))
     i = 0
     for c in chunks:
         llm.eval(tokens[i : i + c])
         i += c
-    llm._spec.observe = observe
+    llm._engine.drafter.observe = observe
     return np.concatenate(rows)
 
 
@@ -30,7 +30,7 @@ def make(target, head, mode, **kw) -> Llama:
 def test_hook_equals_builtin(targets, heads):
     tokens = list(range(5, 45))
     hook, builtin = make(targets["llama"], heads["llama"], "hook"), make(targets["llama"], heads["llama"], "builtin")
-    assert (hook._capture.mode, builtin._capture.mode) == ("hook", "builtin")
+    assert (hook._engine.capture.mode, builtin._engine.capture.mode) == ("hook", "builtin")
     a = captured(hook, tokens, [40])  # 40 tokens with n_batch 16: three ubatches
     b = captured(builtin, tokens, [40])
     assert a.shape == (40, 3 * tm.H)
@@ -41,7 +41,7 @@ def test_hook_equals_builtin(targets, heads):
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
 def test_hook_on_architectures_without_builtin(arch, targets, heads):
     llm = make(targets[arch], heads[arch], "auto")
-    assert llm._capture.mode == "hook"
+    assert llm._engine.capture.mode == "hook"
     tokens = list(range(7, 37))
     batched = captured(llm, tokens, [30])
     llm.reset()
@@ -71,7 +71,7 @@ def test_batched_generation_captures_each_sequences_states_in_order(arch, target
 
     ref = make(targets[arch], heads[arch], "auto")
     base = llama_cpp.Llama(str(targets[arch]), n_ctx=256, verbose=False)
-    capture = FeatureCapture(arch, ref._capture.layer_ids, tm.H, tm.N_LAYER)
+    capture = FeatureCapture(arch, ref._engine.capture.layer_ids, tm.H, tm.N_LAYER)
     gen = BatchedGenerator(base, n_seq=3, max_len=64, capture=capture)
     prompts = [[1, *range(5 + 3 * i, 9 + 5 * i)] for i in range(5)]  # unequal lengths, 5 prompts on 3 slots
     got: dict[int, tuple] = {}

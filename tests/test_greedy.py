@@ -129,7 +129,7 @@ def test_context_limit(arch, targets, heads, references):
     eos = plain.token_eos()
     prompt = next(p for p, ref in references[arch].items() if eos not in ref)
     plain_long = completion_tokens(plain, prompt, 256 - len(plain.tokenize(prompt.encode())))  # up to n_ctx
-    spec._spec.references.append(plain_long)
+    spec._engine.drafter.references.append(plain_long)
     a = outcome(plain, prompt, None)  # max_tokens None: up to n_ctx
     b = outcome(spec, prompt, None)
     assert b == a

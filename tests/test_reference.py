@@ -38,7 +38,7 @@ def test_draft_reads_the_last_pair_of_a_multi_pair_decode(targets, heads):
     row whatever the output mask says, so reading the last row needs every row marked (a decode
     that marked only the last row handed back row 0's logits)."""
     llm = Llama(str(targets["llama"]), n_ctx=256, verbose=False, eagle3_head=str(heads["llama"]), eagle3_draft_max=0)
-    runner = llm._spec.runner
+    runner = llm._engine.drafter.runner
     d2t = read_head_gguf(heads["llama"]).d2t
     rng = np.random.default_rng(1)
     for n in (1, 2, 5, 12):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
 
-import llama_eagle3.llama as engine
+import llama_eagle3.engine as engine
 from llama_eagle3 import Llama
 from llama_eagle3.tree import DraftTree
 
@@ -94,7 +94,7 @@ def make_spec(targets, heads, tree: bool = False) -> Llama:
                  eagle3_tree_nodes=9)
     # logits_all: llama-cpp-python writes `scores` only then (else they are uninitialised memory)
     greedy = llama_cpp.Llama(str(targets["llama"]), n_ctx=128, verbose=False, flash_attn=True, logits_all=True)
-    spec._spec = GreedyDrafter(spec._spec, greedy)
+    spec._engine.drafter = GreedyDrafter(spec._engine.drafter, greedy)
     return spec
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import oracle
 from llama_eagle3 import Llama
-from llama_eagle3.llama import OFF_WINDOW
+from llama_eagle3.rounds import OFF_WINDOW
 from llama_eagle3.policy import DraftPolicy
 
 CPU = {1: 11.2e-3, 2: 17.5e-3, 5: 35.0e-3}  # compute-bound costs (test_policy.py): speculation stays off
@@ -53,21 +53,21 @@ def fix_costs(spec: Llama, gap: int = GAP) -> None:
     policy.observe_decode = lambda n, seconds: observe(n, cpu(n))
     policy.observe_draft = lambda steps, seconds: None
     policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
-    policy._c.add(1.1e-3)
+    policy.costs.add_step(1.1e-3)
     policy.probe_every = policy.hopeless_probe_every = policy._probe_gap = gap
-    policy.explore_margin = 0.0  # chain-1 is not re-measured from plain decoding: speculation stays off
+    policy._start_exploring = lambda k: False  # no chain re-measured from plain decoding: speculation stays off
 
 
 def log_decodes(spec: Llama) -> list[tuple[int, bool, Optional[bool]]]:
     """(rows, captured, whether the hook selected nodes: None on the built-in path) per target decode."""
     log: list[tuple[int, bool, Optional[bool]]] = []
-    decode, hook = spec._capture.decode, spec._capture._hook
+    decode, hook = spec._engine.capture.decode, spec._engine.capture._hook
 
     def logged(llm, chunk, *args):
         out = decode(llm, chunk, *args)
         log.append((len(chunk), out is not None, None if hook is None else hook.enabled))
         return out
-    spec._capture.decode = logged
+    spec._engine.capture.decode = logged
     return log
 
 
@@ -142,8 +142,8 @@ def test_a_probe_after_skipped_steps_drafts_from_the_positions_before_it(arch, t
 
     reference = make(targets[arch], heads[arch], eagle3_adaptive=False)
     rows: list[np.ndarray] = []
-    observe = reference._spec.observe
-    reference._spec.observe = lambda f, ids: (rows.append(f.copy()), observe(f, ids))[1]
+    observe = reference._engine.drafter.observe
+    reference._engine.drafter.observe = lambda f, ids: (rows.append(f.copy()), observe(f, ids))[1]
     n_prompt = len(spec.tokenize(PROMPT.encode()))
     reference.eval(ref[:n_prompt])
     for t in ref[n_prompt : windows[-1][2]]:
@@ -178,16 +178,16 @@ def test_greedy_identical_through_skipping_probing_and_speculating(arch, targets
     n_prompt = len(ref) - 300
     spec = make(targets[arch], heads[arch])
     fix_costs(spec, gap=24)
-    orc = Phased(spec._spec, [ref], lo=n_prompt + 40, hi=n_prompt + 140)
-    spec._spec = orc
+    orc = Phased(spec._engine.drafter, [ref], lo=n_prompt + 40, hi=n_prompt + 140)
+    spec._engine.drafter = orc
     log = log_decodes(spec)
-    inner, play = orc.inner, spec._round
+    inner, play = orc.inner, spec._engine.round
 
     def checked_round(pending):
         out = play(pending)
         assert inner.head_start <= inner.head_n <= inner.feature_end == spec.n_tokens
         return out
-    spec._round = checked_round
+    spec._engine.round = checked_round
     assert spec(PROMPT, max_tokens=300, temperature=0.0)["choices"][0]["text"] == want
     s = spec.speculative_stats()
     assert s["probes"] > 0 and s["probe_hits"] > 0 and s["rounds"] > 0 and s["accepted"] > 0, s

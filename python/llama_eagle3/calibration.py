@@ -7,13 +7,14 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from .tree import DraftTree
+from . import tree_round
 
 if TYPE_CHECKING:
-    from .llama import Llama
+    from .engine import Engine
 
 
-def calibrate(llm: "Llama", warmup: Optional[int] = None, repeats: int = 3) -> None:
-    """Measures, for llm's draft policy, the target's decode time T(n) for every row count the
+def calibrate(engine: "Engine", warmup: Optional[int] = None, repeats: int = 3) -> None:
+    """Measures, for the engine's draft policy, the target's decode time T(n) for every row count the
     policy compares (1..k_max + 1: plain decoding and every chain verify; a tree verify) and the
     head's step time, on throwaway positions of the empty context; both KV caches are emptied
     afterwards. Every chain length is measured, not interpolated: T(n) is not a straight line.
@@ -27,28 +28,28 @@ def calibrate(llm: "Llama", warmup: Optional[int] = None, repeats: int = 3) -> N
     when the shape changes; interleaving the row counts measured the rebuilds on an H200, T(1)
     3.5 ms against 1.2 ms steady). warmup: 2 when layers are offloaded, else 1. The tree row
     count is timed on a stand-in tree (DraftTree.comb) verified like a real one."""
-    policy = llm._policy
+    llm, policy = engine.llm, engine.policy
     if warmup is None:
         warmup = 2 if policy.graph_rebuilds else 1
     limit = min(llm.n_batch, llm.context_params.n_ubatch, llm._n_ctx)
-    rows = sorted({n for n in (*range(1, llm.eagle3_draft_max + 2), llm.eagle3_tree_nodes + 1) if n <= limit})
+    rows = sorted({n for n in (*range(1, engine.draft_max + 2), engine.tree_nodes + 1) if n <= limit})
     tokens = [i % llm._n_vocab for i in range(1, rows[-1] + 1)]
     # a tree verify is timed as one: its sequences (one per leaf) and masks cost more than
     # as many plain rows (on an H200, 4.2 ms against 2.0 for 13 rows)
-    tree = DraftTree.comb(llm.eagle3_tree_width, llm.eagle3_tree_nodes, llm.eagle3_draft_max) \
-        if llm.eagle3_tree_nodes > llm.eagle3_draft_max else None
+    tree = DraftTree.comb(engine.tree_width, engine.tree_nodes, engine.draft_max) \
+        if engine.tree_nodes > engine.draft_max else None
     for n in rows:
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
             # both read the captured rows: they wait for the backend
             if tree is not None and n == len(tree) + 1:
-                llm._decode_tree([tokens[0], *tree.tokens], [0, *tree.depth], tree.row_sequences())
+                tree_round.decode_tree(engine, [tokens[0], *tree.tokens], [0, *tree.depth], tree.row_sequences())
             else:
-                llm._capture.decode(llm, tokens[:n], 0, 0)
+                engine.capture.decode(llm, tokens[:n], 0, 0)
             if i >= warmup:
                 policy.observe_calibration(n, time.perf_counter() - t0)
-            llm._forget_from(0)
+            engine.forget_from(0)
     for i in range(warmup + repeats):
-        step = llm._spec.time_step(llm.eagle3_draft_max)
+        step = engine.drafter.time_step(engine.draft_max)
         if i >= warmup:
             policy.observe_calibration_step(step)

@@ -1,19 +1,23 @@
 """How many tokens to draft this round ("where the draft length is chosen").
 
-A round that drafts k tokens commits E(k) tokens on average and costs C(k):
+A round that drafts k tokens commits E(k) tokens on average and costs C(k) (costs.py):
 
     E(k) = 1 + sum_{j=1..k} prod_{i<=j} alpha_i        alpha_i: P(draft i accepted | drafts < i accepted)
-    C(k) = T(k + 1) + k * c                              T(n): target decode of n rows, c: one head step
+    C(k) = T(k + 1) + k * c + o(k + 1)                   T(n): target decode of n rows, c: one head step,
+                                                         o(n): the rest of a round of n verify rows
 
-and the policy drafts argmax_k E(k) / C(k) over 0..k_max; k = 0 is plain decoding. All
-three inputs are measured in this process, on this machine and backend: T(n) from the
-engine's own decodes (the median of the last 32 of each row count: a decode stalled by
-something else must not flip the decision; the first decode after a change of row count is
-left out, since llama.cpp rebuilds its graph then; T(1) is re-measured every
+and the policy drafts argmax_k E(k) / (C(k) + E(k) * u) over 0..k_max (u: the consumer's time per
+token); k = 0 is plain decoding. Every input is measured in this process, on this machine and
+backend: T(n) from the engine's own decodes (the median of the last 32 of each row count: a
+decode stalled by something else must not flip the decision; the first decode after a change of
+row count is left out, since llama.cpp rebuilds its graph then; T(1) is re-measured every
 t1_refresh_every verify rounds), so that a compute-bound CPU, where T(n) grows
 with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer; c from the
-head's draft calls, alpha from recent rounds (exponentially weighted, so a predictable
-stretch of text turns speculation on and a hard one turns it off).
+head's draft calls, o(n) from the wall time of whole rounds, alpha from recent rounds
+(acceptance.py: exponentially weighted, so a predictable stretch of text turns speculation on
+and a hard one turns it off). Where no chain can pay even at an optimistic bound on the
+acceptance (pays_nowhere), the engine hands generation to plain decoding (fallback.py); after
+each such stretch, recheck() measures the acceptance afresh with a probe every recheck_gap tokens.
 
 Warm-up: the engine measures T(n) and c at start-up (calibration.py), so that no
 generation pays for warm-up rounds; without that, plain rounds run until T(1) is measured,
@@ -24,8 +28,9 @@ verified, and the next committed token tells whether it was right (it costs a he
 the recent context, not a target row). A hit halves the gap to the next probe, a miss doubles
 it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and an
 unpredictable one costs one probe per `probe_every` tokens. The gap never falls below
-2 tokens, nor below the one at which probes (their time measured) would take more than
-`probe_budget` of the plain decoding time. Where the measured
+2 tokens, nor below the one at which probes (their time measured) would take more than their
+budget of the plain decoding time: `probe_budget`, or, where a chain might pay at the
+acceptance's optimistic bound, half the gain it would have there (up to `stake_budget_max`). Where the measured
 costs need an acceptance above `hopeless_alpha` at every position before any chain beats
 plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), misses widen the
 gap up to `hopeless_probe_every` instead: there even perfect drafts gain little (on this
@@ -41,10 +46,11 @@ best (measured: a stale T(4) 40% high kept auto 15% below chain-3). So when the 
 k has a neighbour k +- 1 whose row count was last sampled over its explore gap of rounds ago,
 the next `explore_rounds` rounds draft that neighbour and their decodes replace its older
 samples: step by step the policy climbs to the best length even past a stale estimate further
-on. From plain decoding (k = 0; T(1) has its own refresh) the chain the model rates best is
-re-measured (T(n) need not grow steadily), and only while its predicted rate is within
-`explore_margin` of plain's: where speculation is
-hopeless (a CPU, a weak head) it is not paid for. The gap starts at explore_every rounds and
+on. From plain decoding (k = 0; T(1) has its own refresh) the chain the model rates best at the
+acceptance's optimistic bound (alpha_upper: the last 12 first-position outcomes) is re-measured
+(T(n) need not grow steadily), and only while at that bound it beats plain decoding: where
+speculation is hopeless (a CPU, a weak head) it is not paid for, and a run of probe hits after
+many misses gets verify rounds (which sample every position) within a few probes. The gap starts at explore_every rounds and
 doubles (up to explore_every_max) each time the neighbour, freshly measured, still loses to the
 chosen length, so where the choice is right exploring costs next to nothing.
 
@@ -61,58 +67,12 @@ and the tree's extra acceptance is nearly free.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Optional
+from typing import ClassVar, Optional
 
-
-def expected_tokens(alpha: Callable[[int], float], k: int) -> float:
-    """E(k) = 1 + sum_{j=1..k} prod_{i<=j} alpha_i: tokens a chain of k commits per round, bonus
-    included, where alpha(i) is P(draft position i + 1 accepted | positions 1..i accepted)."""
-    e, run = 1.0, 1.0
-    for i in range(k):
-        run *= alpha(i)
-        e += run
-    return e
-
-
-@dataclass
-class _Ema:
-    decay: float
-    value: Optional[float] = None
-
-    def add(self, x: float) -> None:
-        self.value = x if self.value is None else self.decay * self.value + (1 - self.decay) * x
-
-
-@dataclass
-class _Acceptance:
-    """P(a draft position is accepted | the earlier ones were): an exponentially weighted mean
-    of its recent verify outcomes (the last ~1 / (1 - decay) count) plus PRIOR_WEIGHT
-    pseudo-outcomes of a prior (the previous position's estimate; the first position has none).
-    While the position goes unsampled (the policy drafts shorter, or decodes plainly), its
-    outcomes' weight fades by `fade` per round, so an estimate that a few unlucky rounds pushed
-    down drifts back towards the prior and the longer chain is tried (and measured) again
-    instead of never."""
-    decay: float
-    fade: float
-    PRIOR_WEIGHT: ClassVar[float] = 2.0
-    _sum: float = 0.0     # weighted accepted outcomes
-    _weight: float = 0.0  # weighted outcomes
-
-    def add(self, outcome: float) -> None:
-        """outcome: 1.0 accepted, 0.0 rejected."""
-        self._sum = self.decay * self._sum + outcome
-        self._weight = self.decay * self._weight + 1.0
-
-    def unsampled(self) -> None:
-        self._sum *= self.fade
-        self._weight *= self.fade
-
-    def estimate(self, prior: float, prior_weight: Optional[float] = None) -> float:
-        w = self.PRIOR_WEIGHT if prior_weight is None else prior_weight
-        return (self._sum + w * prior) / (self._weight + w) if self._weight + w > 0 else prior
+from .acceptance import Acceptance, expected_tokens
+from .costs import CostTable, Ema
 
 
 @dataclass
@@ -128,7 +88,10 @@ class DraftPolicy:
     alpha_prior: float = 0.5
     alpha_decay: float = 0.95    # acceptance estimates weigh about the last 1 / (1 - alpha_decay) outcomes ...
     alpha_fade: float = 0.97     # ... and fade back towards the previous position's by this per unsampled round
-    probe_budget: float = 0.02   # most of the plain decoding time that probes may take
+    probe_budget: float = 0.02   # least share of the plain decoding time that probes may take ...
+    stake_budget_max: float = 0.1  # ... and the most, where a chain might pay (_probe_budget)
+    recheck_gap: int = 4         # plain steps between probes while acceptance is measured afresh ...
+    recheck_outcomes: int = 8    # ... until the first position has this many outcomes
     graph_rebuilds: bool = False  # offloaded (CUDA graphs): start-up calibration warms each shape up twice
     t1_refresh_every: int = 32   # verify rounds after which speculation pauses to re-measure T(1) (doubling,
                                  # up to explore_every_max, while speculation still wins after one) ...
@@ -136,16 +99,13 @@ class DraftPolicy:
     explore_every: int = 32      # rounds after which a neighbouring length's cost is re-measured ...
     explore_every_max: int = 1024  # ... the gap doubling up to this while re-measurements confirm it
     explore_rounds: int = 4      # verify rounds per re-measurement (the first decode, after a shape change, is not kept)
-    explore_margin: float = 0.1   # from plain decoding, a chain predicted this much slower is not re-measured
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     # rows -> recent decodes in seconds; medians cached until the next sample of that row count
-    _t: dict[int, deque] = field(default_factory=dict)
-    _t_median: dict[int, float] = field(default_factory=dict)
-    _c: _Ema = field(default_factory=lambda: _Ema(0.9))
-    _alpha: list[_Acceptance] = field(default_factory=list)
-    _tree_gain: _Ema = field(default_factory=lambda: _Ema(0.85))
-    _tree_c: _Ema = field(default_factory=lambda: _Ema(0.9))
-    _probe_c: _Ema = field(default_factory=lambda: _Ema(0.9))
+    costs: CostTable = field(default_factory=CostTable)
+    _alpha: list[Acceptance] = field(default_factory=list)
+    _tree_gain: Ema = field(default_factory=lambda: Ema(0.85))
+    _tree_c: Ema = field(default_factory=lambda: Ema(0.9))
+    _probe_c: Ema = field(default_factory=lambda: Ema(0.9))
     _tree_rounds: int = 0
     _since_probe: int = 0
     _probe_gap: int = 0
@@ -163,12 +123,11 @@ class DraftPolicy:
     _explore_k: int = 0                          # chain length being re-measured (0: none) ...
     _explore_left: int = 0                       # ... for this many more verify rounds
     _explore_from: int = 0                       # the chosen length it is a neighbour of
-    _explore_fresh: list[float] = field(default_factory=list)  # its kept samples so far (as stored in _t)
-    _provisional: set[int] = field(default_factory=set)  # row counts whose samples are start-up calibration's
-    _c_provisional: bool = False                 # the head step estimate is start-up calibration's
+    _explore_fresh: list[float] = field(default_factory=list)  # its kept samples so far
+    _rechecking: bool = True                     # acceptance outcomes were dropped: probe every recheck_gap
 
     def __post_init__(self) -> None:
-        self._alpha = [_Acceptance(self.alpha_decay, self.alpha_fade) for _ in range(self.k_max)]
+        self._alpha = [Acceptance(self.alpha_decay, self.alpha_fade) for _ in range(self.k_max)]
         self._probe_gap = self.probe_every
         self._t1_gap = self.t1_refresh_every
 
@@ -178,12 +137,10 @@ class DraftPolicy:
         """A start-up calibration decode (calibration.py): on an empty context, so faster than the
         same shape mid-generation (on this project's CPU, SmolLM2: T(1) 9.7 ms against 10.9, T(2)
         14.4 against 17.2). It stands until that row count's first sample from a generation,
-        which replaces it."""
-        self._provisional.discard(rows)
-        self.observe_decode(rows, seconds)
-        self._provisional.add(rows)
+        which replaces it (costs.py)."""
+        self.observe_decode(rows, seconds, provisional=True)
 
-    def observe_decode(self, rows: int, seconds: float) -> None:
+    def observe_decode(self, rows: int, seconds: float, provisional: bool = False) -> None:
         """A target decode of `rows` rows (last token + drafts). The first decode after a change
         of row count is not kept once that count has 2 samples: llama.cpp rebuilt its compute
         graph for the new shape (on every backend: its graph reuse needs the same batch shape;
@@ -194,28 +151,23 @@ class DraftPolicy:
         switched, self._last_rows = rows != self._last_rows, rows
         self._decode_samples += 1
         self._rounds += 1
-        if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self._n(1) < 2:  # (warm-up)
+        if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self.costs.n(1) < 2:  # (warm-up)
             self._decision = None
-        if switched and self._n(rows) >= 2:
+        if switched and self.costs.n(rows) >= 2:
             return
         if rows == 1:  # a plain step: positions past the first go unsampled (probes sample the first)
             for a in self._alpha[1:]:
                 a.unsampled()
         refresh = rows == 1 and self._rounds_since_t1 >= self._t1_gap
-        if refresh and self._t1_streak == 0 and 1 in self._t:
+        if refresh and self._t1_streak == 0:
             # samples from before the verify rounds may be stale: the last t1_refresh_samples stay,
             # so that the new median is of twice as many (4 decodes varied by 10-30% here)
-            self._t[1] = deque(list(self._t[1])[-self.t1_refresh_samples:], maxlen=32)
-            self._t_median.pop(1, None)
+            self.costs.keep_last(1, self.t1_refresh_samples)
         self._sampled_at[rows] = self._rounds
         if self._explore_left > 0 and rows == self._explore_k + 1:  # kept apart until the re-measurement ends
             self._explore_fresh.append(seconds)
             return
-        if rows in self._provisional:
-            self._provisional.discard(rows)
-            self._t.pop(rows, None)
-        self._t.setdefault(rows, deque(maxlen=32)).append(seconds)
-        self._t_median.pop(rows, None)
+        self.costs.add(rows, seconds, provisional)
         if rows == 1:
             self._t1_streak += 1
         if refresh and self._t1_streak >= self.t1_refresh_samples:
@@ -237,12 +189,10 @@ class DraftPolicy:
         if self._explore_left > 0:
             return
         rows, fresh = self._explore_k + 1, self._explore_fresh
-        if len(fresh) >= 2 or (fresh and rows in self._provisional):
-            self._t[rows] = deque(fresh, maxlen=32)
-            self._provisional.discard(rows)
+        if len(fresh) >= 2 or (fresh and self.costs.provisional(rows)):
+            self.costs.replace(rows, fresh)
         elif fresh:
-            self._t.setdefault(rows, deque(maxlen=32)).extend(fresh)
-        self._t_median.pop(rows, None)
+            self.costs.extend(rows, fresh)
         mine, theirs = self.expected_rate(self._explore_k), self.expected_rate(self._explore_from)
         held = mine is not None and theirs is not None and mine <= theirs
         gap = self._explore_gap.get(rows, self.explore_every)
@@ -253,16 +203,21 @@ class DraftPolicy:
         """A start-up head step (calibration.py): from an empty head context with nothing to catch
         up, about 0.5 ms on this project's CPU against 1.3-1.6 ms per step in generation. It
         stands until the first draft of a generation, which replaces it."""
-        self._c_provisional = False
-        self.observe_draft(1, seconds)
-        self._c_provisional = True
+        self.costs.add_step(seconds, provisional=True)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
         self._decision = None
         if steps > 0:
-            if self._c_provisional:
-                self._c, self._c_provisional = _Ema(self._c.decay), False
-            self._c.add(seconds / steps)
+            self.costs.add_step(seconds / steps)
+
+    def observe_overhead(self, rows: int, seconds: float) -> None:
+        """A round of `rows` verify rows (1: a plain step) spent `seconds` besides its target
+        decode and its drafting (costs.py: o(n))."""
+        self.costs.add_overhead(rows, seconds)
+
+    def observe_consumer(self, seconds: float) -> None:
+        """The consumer held one token for `seconds` before resuming the generator (costs.py: u)."""
+        self.costs.add_consumer(seconds)
 
     def _verified(self) -> None:
         """A verify round (chain or tree) ran: the decision is remade and T(1)'s refresh clock ticks."""
@@ -280,6 +235,7 @@ class DraftPolicy:
                 a.add(float(i < accepted))
             else:
                 a.unsampled()
+        self._outcome_seen()
 
     def observe_tree(self, committed: int, draft_seconds: float) -> None:
         """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
@@ -296,6 +252,7 @@ class DraftPolicy:
             a.unsampled()
         self._probe_c.add(seconds)
         self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self._probe_cap())
+        self._outcome_seen()
 
     def _probe_cap(self) -> int:
         return self.hopeless_probe_every if self._hopeless else self.probe_every
@@ -310,48 +267,41 @@ class DraftPolicy:
         return self._alpha[i].estimate(self.alpha(i - 1))
 
     def cost(self, rows: int) -> Optional[float]:
-        """T(rows): the median of its recent decodes, else interpolated/extrapolated linearly
-        from measured rows. In seconds as measured: kept until 2026-11-30 relative to the T(1) of
-        the time and scaled by today's, T(n) carried T(1)'s noise twice (the simulated bench
-        found auto's T(2)..T(5) 20-35% above the fixed chains' own); staleness (a longer context,
-        a busier machine) is what re-measurements and T(1)'s refresh are for."""
-        if rows in self._t:
-            return self._median(rows)
-        known = sorted((n, self._median(n)) for n in self._t)
-        if len(known) < 2:
-            return None
-        lo = [p for p in known if p[0] < rows]
-        hi = [p for p in known if p[0] > rows]
-        (n0, t0), (n1, t1) = (lo[-1], hi[0]) if lo and hi else (known[-2], known[-1]) if lo else (known[0], known[1])
-        return t0 + (t1 - t0) * (rows - n0) / (n1 - n0)
+        """T(rows) (costs.py: measured, else interpolated)."""
+        return self.costs.t(rows)
 
     def expected_tokens(self, k: int) -> float:
         """E(k): tokens a chain of k commits per round."""
         return expected_tokens(self.alpha, k)
 
-    def expected_rate(self, k: int) -> Optional[float]:
-        """E(k) / C(k) in tokens per second, or None while a cost is unknown."""
-        t = self.cost(k + 1)
-        if t is None or (k > 0 and self._c.value is None):
+    def expected_rate(self, k: int, alpha: Optional[float] = None) -> Optional[float]:
+        """Tokens per second of a chain of k (0: plain decoding), the whole round priced:
+        E(k) / (C(k) + E(k) * u) (costs.py), at the estimated acceptances or, given alpha, at that
+        acceptance at every position; None while a cost is unknown."""
+        c = self.costs.round_cost(k)
+        if c is None:
             return None
-        return self.expected_tokens(k) / (t + k * (self._c.value or 0.0))
+        e = self.expected_tokens(k) if alpha is None else expected_tokens(lambda i: alpha, k)
+        return e / (c + e * self.costs.consumer)
 
     def tree_rate(self) -> Optional[float]:
         """E_tree / C_tree in tokens per second, or None before tree rounds were measured."""
         t = self.cost(self.tree_nodes + 1)
         if self._tree_gain.value is None or t is None:
             return None
-        return self._tree_gain.value * self.expected_tokens(self.k_max) / (t + self._tree_c.value)
+        e = self._tree_gain.value * self.expected_tokens(self.k_max)
+        return e / (t + self._tree_c.value + self.costs.overhead(self.tree_nodes + 1) + e * self.costs.consumer)
 
     def _warming_up(self) -> bool:
         """T(1) not measured yet: plain rounds; T(k_max + 1) or c not yet: chains of k_max."""
-        return self._n(1) < 2 or self._n(self.k_max + 1) < 2 or self._c.value is None
+        return self.costs.n(1) < 2 or self.costs.n(self.k_max + 1) < 2 or self.costs.step is None
 
     def tree_bound(self) -> Optional[float]:
         """The most a tree could commit per second: k_max + 1 tokens every round, drafted no
         slower than a chain of k_max. Trees are not even tried where this loses to a chain."""
         t = self.cost(self.tree_nodes + 1)
-        return None if t is None or self._c.value is None else (self.k_max + 1) / (t + self.k_max * self._c.value)
+        c = self.costs.step
+        return None if t is None or c is None else (self.k_max + 1) / (t + self.k_max * c)
 
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
@@ -380,18 +330,21 @@ class DraftPolicy:
         if not self.adaptive or self._warming_up():
             return False
         rate = self.expected_rate(k)
-        # from plain decoding, the chain the model rates best (on a CPU T(n) need not grow
-        # steadily: llama.cpp's repacked kernels take rows in blocks of 4)
+        # from plain decoding, the chain the model rates best at the acceptance's optimistic bound
+        # (on a CPU T(n) need not grow steadily: llama.cpp's repacked kernels take rows in blocks
+        # of 4): a low estimate that only probes sample recovers slowly (~20 outcomes deep), while
+        # a re-measurement's verify rounds sample every position
+        upper = self.alpha_upper()
         candidates = (k + 1, k - 1) if k > 0 else (
-            max(range(1, self.k_max + 1), key=lambda j: self.expected_rate(j) or 0.0),)
+            max(range(1, self.k_max + 1), key=lambda j: self.expected_rate(j, upper) or 0.0),)
         for j in candidates:
             rows = j + 1
             if not 1 <= j <= self.k_max:
                 continue
             if self._rounds - self._sampled_at.get(rows, -(1 << 30)) < self._explore_gap.get(rows, self.explore_every):
                 continue
-            other = self.expected_rate(j)
-            if k == 0 and (rate is None or other is None or other < (1.0 - self.explore_margin) * rate):
+            other = self.expected_rate(j, upper) if k == 0 else self.expected_rate(j)
+            if k == 0 and (rate is None or other is None or other <= rate):
                 continue
             self._explore_k, self._explore_left, self._explore_from = j, self.explore_rounds, k
             return True
@@ -414,32 +367,23 @@ class DraftPolicy:
         """Tokens to draft this round (0: plain decoding)."""
         if not self.adaptive or self.k_max == 0:
             return self.k_max
-        if self._n(1) < 2:
+        if self.costs.n(1) < 2:
             return 0
         if self._warming_up():
             return self.k_max
         rates = [self.expected_rate(k) for k in range(self.k_max + 1)]
         return max(range(self.k_max + 1), key=lambda k: rates[k])
 
-    def _median(self, rows: int) -> float:
-        m = self._t_median.get(rows)
-        if m is None:
-            m = self._t_median[rows] = statistics.median(self._t[rows])
-        return m
-
-    def _n(self, rows: int) -> int:
-        return len(self._t.get(rows, ()))
-
     def breakeven_alpha(self) -> Optional[float]:
         """The acceptance (the same at every position) from which some chain beats plain decoding
-        at the measured costs: None while a cost is unknown, inf when no acceptance would do."""
-        plain, c = self.cost(1), self._c.value
-        costs = [self.cost(k + 1) for k in range(1, self.k_max + 1)]
-        if plain is None or c is None or None in costs:
+        at the measured costs, whole rounds priced: None while a cost is unknown, inf when no
+        acceptance would do."""
+        plain = self.expected_rate(0)
+        if plain is None or any(self.costs.round_cost(k) is None for k in range(1, self.k_max + 1)):
             return None
 
         def gain(a: float) -> float:  # best chain rate / plain rate at acceptance a
-            return max(sum(a ** j for j in range(k + 1)) / (t + k * c) for k, t in enumerate(costs, 1)) * plain
+            return max(self.expected_rate(k, a) for k in range(1, self.k_max + 1)) / plain
         if gain(1.0) <= 1.0:
             return float("inf")
         lo, hi = 0.0, 1.0
@@ -448,17 +392,52 @@ class DraftPolicy:
             lo, hi = (lo, mid) if gain(mid) > 1.0 else (mid, hi)
         return hi
 
+    def alpha_upper(self) -> float:
+        """An optimistic bound on the first position's acceptance (acceptance.Acceptance.upper)."""
+        return self._alpha[0].upper()
+
+    def first_outcomes(self) -> int:
+        """First-position outcomes (verify rounds and probes) since construction or recheck()."""
+        return self._alpha[0].count
+
+    def pays_nowhere(self, min_outcomes: int) -> bool:
+        """True when no chain can beat plain decoding even at an optimistic acceptance: drafts
+        always right would not pay at the measured costs, or at least min_outcomes first-position
+        outcomes put the acceptance's upper bound (alpha_upper) below break-even. Trees
+        (tree_width > 1) are a candidate unless even drafts always right would not pay for one.
+        The fallback (fallback.py) then hands generation to plain decoding. Costs k_max + 1 rate
+        evaluations: no bisection (a chain's rate grows with the acceptance)."""
+        if not self.adaptive or self.k_max == 0 or self._warming_up():
+            return False
+        plain = self.expected_rate(0)
+        if plain is None or (self.tree_width > 1 and (self.tree_bound() or 0.0) * self.cost(1) > 1.0):
+            return False
+        a = self.alpha_upper() if self.first_outcomes() >= min_outcomes else 1.0
+        return all((self.expected_rate(k, a) or 0.0) <= plain for k in range(1, self.k_max + 1))
+
+    @property
+    def rechecking(self) -> bool:
+        """Acceptance is being measured afresh (recheck()) and has too few outcomes yet."""
+        return self._rechecking
+
+    def recheck(self) -> None:
+        """Acceptance is measured afresh: every outcome is dropped (the text may have changed), and
+        probes come every recheck_gap plain steps until the first position has min_outcomes."""
+        for a in self._alpha:
+            a.forget()
+        self._rechecking, self._since_probe, self._decision = True, 0, None
+
     def probe_due(self) -> bool:
         """Called on plain rounds: True when this one should carry an (unverified) probe draft."""
         self._since_probe += 1
-        if self._since_probe < self._probe_gap:  # the shorter of the two gaps
+        if self._since_probe < (self.recheck_gap if self._rechecking else self._probe_gap):  # the shorter gap
             return False
         self._hopeless_age += 1
         if self._hopeless is None or self._hopeless_age >= self.probe_every:
             breakeven = self.breakeven_alpha()
             self._hopeless = None if breakeven is None else breakeven > self.hopeless_alpha
             self._hopeless_age = 0
-        if self._since_probe >= self._budgeted_probe_gap():
+        if self._since_probe >= self._probe_interval():
             self._since_probe = 0
             return True
         return False
@@ -469,20 +448,39 @@ class DraftPolicy:
         decide() only pauses speculation to re-measure T(1), which resumes within a few steps."""
         if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return 0
-        gap = max(self._probe_gap, self._budgeted_probe_gap())
-        return max(gap - self._since_probe - 1, 0)
+        return max(self._probe_interval() - self._since_probe - 1, 0)
 
-    def _budgeted_probe_gap(self) -> int:
-        """Plain steps between probes: probes within probe_budget (gap >= probe time /
-        (probe_budget * T(1))); misses widen the gap up to the cap (hopeless_probe_every where
-        hopeless), hits narrow it in either case."""
+    def _probe_interval(self) -> int:
+        """Plain steps between probes: recheck_gap while re-checking; else probes within their
+        budget (gap >= probe time / (budget * T(1)), _probe_budget()); misses widen the gap up to
+        the cap (hopeless_probe_every where hopeless), hits narrow it in either case."""
+        if self._rechecking:
+            return self.recheck_gap
         t1, c = self.cost(1), self._probe_c.value
-        least = 2 if t1 is None or c is None else math.ceil(c / (self.probe_budget * t1))
+        least = 2 if t1 is None or c is None else math.ceil(c / (self._probe_budget() * t1))
         return min(max(self._probe_gap, least), self._probe_cap())
 
+    def _probe_budget(self) -> float:
+        """The share of plain decoding time probes may take, sized by what is at stake: half the
+        gain the best chain would have at the acceptance's optimistic bound (alpha_upper), between
+        probe_budget and stake_budget_max. An estimate that probes alone sample recovers slowly
+        (~20 outcomes to move it); where a chain might pay, probes come as often as it could
+        repay them."""
+        plain = self.expected_rate(0)
+        if plain is None or self._warming_up():
+            return self.probe_budget
+        best = max((self.expected_rate(k, self.alpha_upper()) or 0.0) for k in range(1, self.k_max + 1))
+        return min(max(self.probe_budget, 0.5 * (best / plain - 1.0)), self.stake_budget_max)
+
+    def _outcome_seen(self) -> None:
+        """A first-position outcome was added: a re-check ends once it has recheck_outcomes."""
+        if self._rechecking and self.first_outcomes() >= self.recheck_outcomes:
+            self._rechecking = False
+
     def snapshot(self) -> dict:
+        breakeven = self.breakeven_alpha()
+        breakeven = None if breakeven is None else round(breakeven, 3) if breakeven != float("inf") else "none pays"
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
                 "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
                 "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
-                "decode_ms": {n: round(1e3 * self._median(n), 3) for n in sorted(self._t)},
-                "draft_step_ms": None if self._c.value is None else round(1e3 * self._c.value, 3)}
+                "alpha_upper": round(self.alpha_upper(), 3), "breakeven_alpha": breakeven, **self.costs.snapshot()}

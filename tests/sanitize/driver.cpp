@@ -137,7 +137,7 @@ void cycle(const char * target_path, const HeadParams & head_params, const std::
 
     // llama.cpp's built-in extraction on a context of its own
     llama_context * ctx2 = make_context(target, nullptr);
-    builtin_enable(ctx2, layers);
+    builtin_set(ctx2, layers, true);
     decode(ctx2, first);
     std::vector<float> b;
     builtin_read(ctx2, layers, ht, 40, b);
