@@ -9,7 +9,7 @@ import pytest
 
 from llama_eagle3 import Llama, bench
 from llama_eagle3.cli import main
-from llama_eagle3.fidelity import UNEXPLAINED, DecodeLog, Diagnosis, replay
+from llama_eagle3.fidelity import EXPLAINED, UNEXPLAINED, DecodeLog, Diagnosis, redraw
 
 
 def test_bench_writes_json_and_chart(tmp_path, targets, heads, capsys):
@@ -138,11 +138,13 @@ GENERATIONS = ["the cat sat on", "once more we go", "hello", "it is what it is, 
                "a b c d e", "we the people", "to be or not to be"]
 
 
-def _recorded(llm, log: DecodeLog, prompt: str, n: int) -> list[int]:
-    """Greedy generation of n tokens from an empty cache, recorded; the ids the target evaluated."""
+def _recorded(llm, log: DecodeLog, prompt: str, n: int, temp: float = 0.0, seed: int = 0) -> list[int]:
+    """n tokens generated from an empty cache (greedy, or sampled at temp with seed), recorded;
+    the ids the target evaluated."""
     llm.reset()
+    llm.set_seed(seed)
     log.start()
-    for k, _ in enumerate(llm.generate(llm.tokenize(prompt.encode()), temp=0.0), 1):
+    for k, _ in enumerate(llm.generate(llm.tokenize(prompt.encode()), temp=temp), 1):
         if k == n:
             break
     log.stop()
@@ -152,18 +154,17 @@ def _recorded(llm, log: DecodeLog, prompt: str, n: int) -> list[int]:
 @pytest.mark.parametrize("width", [1, 3])
 def test_a_recorded_generation_replays_to_its_own_tokens(width, targets, heads):
     """The exact test's basis: replaying a generation's recorded decodes (chain and tree verify
-    batches, rejected rows and other branches included) on a separate instance chooses every
-    token the generation committed."""
+    batches, rejected rows and other branches included) on a separate instance draws every
+    token the generation committed, greedy or sampled."""
     settings = dict(n_ctx=512, n_threads=2, flash_attn=True)
     spec = Llama(str(targets["llama"]), verbose=False, eagle3_head=str(heads["llama"]), eagle3_p_min=0.0,
                  eagle3_adaptive=False, eagle3_draft_max=4, eagle3_tree_width=width, **settings)
     log, diagnosis = DecodeLog(spec), Diagnosis(str(targets["llama"]), settings)
-    for prompt in GENERATIONS[:3]:
-        ids = _recorded(spec, log, prompt, 80)
+    for seed, (prompt, temp) in enumerate([(GENERATIONS[0], 0.0), (GENERATIONS[1], 0.0), (GENERATIONS[2], 0.8)]):
+        ids = _recorded(spec, log, prompt, 80, temp, seed)
         n_prompt = len(spec.tokenize(prompt.encode()))
-        rows = {i: log.producer(ids, i - 1) for i in range(n_prompt, len(ids))}
-        logits = replay(diagnosis.twin(log.n_seq_max), log.batches, rows.values())
-        assert [int(logits[rows[i]].argmax()) for i in rows] == ids[n_prompt:], prompt
+        again = redraw(diagnosis.twin(log.n_seq_max), log, ids, len(ids) - 1)
+        assert again.first == n_prompt and again.tokens == ids[n_prompt:], prompt
     assert log.n_seq_max == (12 if width > 1 else 1) and spec.speculative_stats()["rounds"] > 0
     diagnosis.close()
 
@@ -193,8 +194,57 @@ def test_departures_where_attention_depends_on_the_batch_are_explained_exactly(t
     diagnosis.close()
 
 
-def test_sampled_runs_are_compared_without_a_diagnosis(tmp_path, targets, heads):
-    """At temperature > 0 nothing is recorded and nothing diagnosed (the exact test is of greedy picks)."""
-    s = bench.bench(str(targets["llama"]), str(heads["llama"]), _prompts(tmp_path, ("hello",)), max_tokens=6,
-                    methods=("plain", "control"), temperature=0.7, log=lambda *a: None)
-    assert s["methods"]["control"]["identical"] == 1 and "departures" not in s["methods"]["control"]
+def test_sampled_departures_where_attention_depends_on_the_batch_are_explained_exactly(targets, heads):
+    """Sampled (temperature 0.8, seed per prompt), the chain draws once per committed token in
+    position order as plain sampling does, so where batch-dependent attention (flash_attn=False)
+    moves the logits enough to change a draw, both sides' tokens are what the target's own
+    sampler draws, same seed, same order of draws, from the logits each side computed: explained.
+    A token that sampler would not draw is not. (The old diagnosis covered greedy runs only.)"""
+    settings = dict(n_ctx=512, n_threads=2, flash_attn=False)
+    plain = llama_cpp.Llama(str(targets["llama"]), verbose=False, **settings)
+    with pytest.warns(UserWarning, match="flash_attn=False"):
+        spec = Llama(str(targets["llama"]), verbose=False, eagle3_head=str(heads["llama"]), eagle3_p_min=0.0,
+                     eagle3_adaptive=False, eagle3_draft_max=4, **settings)
+    logs, diagnosis = (DecodeLog(plain), DecodeLog(spec)), Diagnosis(str(targets["llama"]), settings)
+    found = []
+    for seed, prompt in enumerate(GENERATIONS):
+        want, got = (_recorded(llm, log, prompt, 120, 0.8, seed) for llm, log in zip((plain, spec), logs))
+        d = diagnosis.explain((want, logs[0]), {"chain": (got, logs[1])}).get("chain")
+        if d is None:
+            continue
+        found.append(d)
+        assert d["verdict"] == EXPLAINED and d["rows"] == 5, (prompt, d)
+        assert (d["drawn"], d["plain_drawn"]) == (d["token"], d["plain_token"])
+        forged = got[: d["at"]] + [next(t for t in range(10) if t not in (d["token"], d["plain_token"]))]
+        f = diagnosis.explain((want, logs[0]), {"forged": (forged, logs[1])})["forged"]
+        assert f["verdict"] == UNEXPLAINED and f["drawn"] == d["token"], f
+        if len(found) == 2:
+            break
+    assert found, "no prompt departed: the batch-dependent attention this test relies on rounded alike"
+    diagnosis.close()
+
+
+def test_sampled_bench_runs_are_diagnosed(tmp_path, targets, heads, monkeypatch):
+    """`bench --temperature 0.7` recorded nothing and left every departure's divergence empty; now
+    a sampled departure is diagnosed as a greedy one is (forged here: control's ids say it drew
+    another token, which the target's own sampler does not draw)."""
+    run = bench._run
+
+    def forged_run(llm, messages, *args):
+        text, n, dt, ids = run(llm, messages, *args)
+        if llm.bench_name == "control":
+            ids[-2] = (ids[-2] + 1) % llm.n_vocab()
+            text += " (forged)"
+        return text, n, dt, ids
+
+    _named_instances(monkeypatch)
+    monkeypatch.setattr(bench, "_run", forged_run)
+    s = bench.bench(str(targets["llama"]), str(heads["llama"]), _prompts(tmp_path, ("hello",)), max_tokens=12,
+                    methods=("plain", "control", "eagle3"), temperature=0.7, log=lambda *a: None)
+    assert s["methods"]["eagle3"]["identical"] == 1 and s["methods"]["eagle3"]["departures"] == 0
+    assert s["methods"]["control"]["departures"] == s["methods"]["control"]["unexplained"] == 1
+    d = s["rows"][0]["control"]["divergence"]
+    assert d["verdict"] == UNEXPLAINED and d["drawn"] != d["token"]
+    lines: list[str] = []
+    bench.print_table(s, log=lines.append)
+    assert any(ln.startswith("control: 1 of 1 outputs depart from plain text") for ln in lines), lines

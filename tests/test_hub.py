@@ -144,6 +144,50 @@ def test_chat_cli_hub_forms(offline, monkeypatch, capsys):
         cli.main(["chat", "--model", f"{TARGET_REPO}:Q8_0", "--head", "tiny-org/nothing-here", "--threads", "1"])
 
 
+@pytest.fixture()
+def empty_offline(tmp_path, monkeypatch) -> None:
+    """HF_HUB_OFFLINE=1 and an empty hub cache (HF_HOME in tmp_path, no HF_HUB_CACHE)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "heads"))
+
+
+ISSUE_MODEL, ISSUE_HEAD = "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF", "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B"
+
+
+def test_offline_a_missing_model_is_named_as_the_model(empty_offline, tmp_path):
+    """Issue 26: offline with an empty cache, `chat --model org/repo:QUANT --head org/head` said
+    "EAGLE-3 head 'bartowski/...': not in the Hugging Face cache" about the model."""
+    from llama_eagle3 import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["chat", "--model", f"{ISSUE_MODEL}:Q4_K_M", "--head", ISSUE_HEAD, "--threads", "1"])
+    message = str(e.value)
+    assert message.startswith(f"llama-eagle3 chat: model {ISSUE_MODEL!r}: not in the Hugging Face cache "
+                              f"({tmp_path / 'hf' / 'hub'})"), message
+    assert "EAGLE-3 head" not in message and "HF_HUB_OFFLINE is set" in message
+    assert "--include '*[qQ]4_[kK]_[mM].gguf'" in message and "pass a local GGUF path" in message
+    with pytest.raises(hub.HubModelError, match=rf"^model {ISSUE_MODEL!r}: not in the Hugging Face cache"):
+        Llama.from_pretrained(ISSUE_MODEL, "*Q4_K_M.gguf", eagle3_head=ISSUE_HEAD, **KW)
+
+
+def test_offline_a_missing_head_is_named_as_the_head(empty_offline, targets):
+    from llama_eagle3 import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["chat", "--model", str(targets["llama"]), "--head", ISSUE_HEAD, "--threads", "1"])
+    message = str(e.value)
+    assert message.startswith(f"llama-eagle3 chat: EAGLE-3 head {ISSUE_HEAD!r}: not in the Hugging Face cache"), message
+    assert "download the EAGLE-3 head" in message and "pass a local head GGUF" in message
+
+
+def test_offline_a_cached_model_repo_without_the_quant_says_which_files_it_has(offline):
+    with pytest.raises(hub.HubModelError, match=rf"^model {TARGET_REPO!r}: 0 cached files match '\*Q4_K_M.gguf'"):
+        Llama.from_pretrained(TARGET_REPO, "*Q4_K_M.gguf", **KW)
+
+
 def test_server_settings_accept_a_hub_head(offline, targets):
     pytest.importorskip("llama_cpp.server")
     from llama_eagle3.server import Eagle3LlamaProxy, Eagle3ModelSettings

@@ -2,7 +2,8 @@
 chain, with a fixed tree, and adaptive (policy.py: draft length, tree or chain, or off), and
 optionally upstream llama.cpp's C++ EAGLE-3 (`llama-speculative-simple --spec-type
 draft-eagle3`, one process per prompt, its own timings), interleaved prompt by prompt in one
-run (the order rotates), greedy chat completions."""
+run (the order rotates), greedy or sampled chat completions; where a method's text departs from
+plain's, fidelity.py says whether the target's own kernels explain it."""
 
 from __future__ import annotations
 
@@ -131,9 +132,10 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     depth draft_max every round; auto: the adaptive policy with the same bounds, trees included;
     upstream-nK: llama-speculative-simple at --spec-draft-n-max K. temperature > 0 samples with
     seed = the prompt's index for every method (EAGLE-3 then reproduces plain sampling's text
-    seed for seed). repeats > 1 runs each prompt that many times per method and keeps the fastest
-    run's time (a run slowed by another process on the machine then does not decide the worst
-    prompt) and the first run's text. Every run starts from an empty cache (_run).
+    seed for seed, up to the batch kernels; departures are diagnosed as greedy ones are).
+    repeats > 1 runs each prompt that many times per method and keeps the fastest run's time (a
+    run slowed by another process on the machine then does not decide the worst prompt) and the
+    first run's text. Every run starts from an empty cache (_run).
     n_gpu_layers goes to every method, the head included (-1: all; CPU builds ignore it).
     max_prompts: the first that many prompts only. Returns the summary (per-prompt rows under "rows")."""
     if repeats < 1:
@@ -156,10 +158,11 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
             _run(llms[name], [{"role": "user", "content": "Hi"}], 8)
         if isinstance(llms[name], Llama):
             llms[name].reset_speculative_stats()
-    # greedy: every in-process method's first run of each prompt is recorded, to explain where its
-    # text departs from plain's (fidelity.py); texts are compared first run against first run
+    # every in-process method's first run of each prompt is recorded, to explain where its text
+    # departs from plain's (fidelity.py: greedy or sampled, the same seed, the same draws); texts are
+    # compared first run against first run
     logs = {name: DecodeLog(llms[name]) for name in order if isinstance(llms[name], llama_cpp.Llama)} \
-        if "plain" in order and not temperature else {}
+        if "plain" in order else {}
     diagnosis = Diagnosis(model, common)
     rows = []
     ids: dict[str, list[int]] = {}  # this prompt's token ids per in-process method (first run)
@@ -274,9 +277,10 @@ def print_table(s: dict, log=print) -> None:
         if m.get("departures"):
             at = [r[name]["divergence"]["at"] for r in s["rows"] if "divergence" in r[name]]
             rest = m["departures"] - m["explained"] - m["unexplained"]
-            log(f"{name}: {m['departures']} of {s['n_prompts']} outputs depart from plain greedy text (first "
+            drawn = "argmax" if not s.get("temperature") else "own sampler's draw (same seed, same order of draws)"
+            log(f"{name}: {m['departures']} of {s['n_prompts']} outputs depart from plain text (first "
                 f"differing token {at}, prompt included): {m['explained']} explained: batch kernel (each side's "
-                f"token is the target's argmax where its own decodes computed it), {m['unexplained']} "
+                f"token is the target's {drawn} where its own decodes computed it), {m['unexplained']} "
                 f"unexplained: please report (README, 'reporting a problem')"
                 + (f"; {rest} only in the last token, which no run decodes" if rest else ""))
     for name, e in s["speculative"].items():

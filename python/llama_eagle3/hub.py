@@ -22,6 +22,10 @@ HEAD_OUTTYPE) and lands in `heads_cache()`, by default ~/.cache/llama-eagle3/hea
                      path or mtime, so a re-downloaded or copied target still hits
     converter        llama-eagle3's version + a hash of eagle3_convert's source files
 
+Errors name what the repo was wanted for: "EAGLE-3 head 'org/name': ..." (HubHeadError) for a
+head, "model 'org/name': ..." (HubModelError) for the target that Llama.from_pretrained / --model
+org/repo:QUANT names (cached_repo_file); both are HubError, a ValueError.
+
 Invariants: a file in the cache is complete and passed the converter's read-back check (it is
 written under a temporary name and renamed into place only after `convert` returned); the
 second start with the same key converts nothing and touches no network beyond what
@@ -38,6 +42,7 @@ import re
 import sys
 import time
 from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -61,8 +66,29 @@ conversions = 0  # conversions this process ran (tests: a second start must not 
 Log = Callable[[str], None]
 
 
-class HubHeadError(ValueError):
-    """A hub head that cannot be had: the message names the repo and what to do."""
+class HubError(ValueError):
+    """A hub repo that cannot be had: the message names what it was for (the model or the EAGLE-3
+    head), the repo, and what to do."""
+
+
+class HubHeadError(HubError):
+    """The EAGLE-3 head (eagle3_head, --head) named by a hub repo id cannot be had."""
+
+
+class HubModelError(HubError):
+    """The target model (Llama.from_pretrained, --model org/repo:QUANT) cannot be had."""
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What a hub repo is fetched for, as its error messages name it."""
+    noun: str                # starts each message: "<noun> 'org/name': ..."
+    local: str               # the local alternative a message offers
+    error: type[HubError]
+
+
+HEAD = _Wanted("EAGLE-3 head", "pass a local head GGUF / checkpoint directory as eagle3_head (--head)", HubHeadError)
+MODEL = _Wanted("model", "pass a local GGUF path as model_path (--model)", HubModelError)
 
 
 def stderr_log(message: str) -> None:
@@ -126,43 +152,46 @@ def heads_cache() -> Path:
 
 # ---- download --------------------------------------------------------------------------------
 
-def _import_hub():
+def _import_hub(wanted: _Wanted):
     try:
         import huggingface_hub
     except ImportError:
-        raise HubHeadError("a hub head needs huggingface_hub: pip install 'huggingface-hub>=0.23'") from None
+        raise wanted.error(f"a hub {wanted.noun} needs huggingface_hub: pip install 'huggingface-hub>=0.23'") from None
     return huggingface_hub
 
 
-def _explain(repo: str, revision: Optional[str], no_network: bool, e: Exception) -> HubHeadError:
-    """One message naming the repo, what went wrong and what to do, for a huggingface_hub error."""
+def _explain(wanted: _Wanted, repo: str, revision: Optional[str], no_network: bool, e: Exception,
+             include: Optional[str] = None) -> HubError:
+    """One message naming what the repo was for, the repo, what went wrong and what to do, for a
+    huggingface_hub error. include: the file pattern a download of the repo needs (the model's)."""
     name = type(e).__name__
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     at = f"{repo}@{revision}" if revision else repo
+    noun, error = wanted.noun, wanted.error
+    fetch = f"hf download {repo}" + (f" --include '{include}'" if include else "")
     if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "IncompleteSnapshotError") or no_network:
-        how = ("HF_HUB_OFFLINE is set (or local_files_only): unset it for one run to download the head, or "
-               f"fetch it first with `hf download {repo}` (older huggingface_hub: `huggingface-cli download`)"
+        how = (f"HF_HUB_OFFLINE is set (or local_files_only): unset it for one run to download the {noun}, or "
+               f"fetch it first with `{fetch}` (older huggingface_hub: `huggingface-cli download`)"
                if no_network else
-               f"Check your connection, or fetch it elsewhere with `hf download {repo}` and copy the cache")
-        return HubHeadError(f"EAGLE-3 head {at!r}: not in the Hugging Face cache ({hf_cache_dir() or 'default'}) "
-                            f"and the hub cannot be reached. {how}; or pass a local head GGUF / checkpoint "
-                            f"directory as eagle3_head. ({name}: {first})")
+               f"Check your connection, or fetch it elsewhere with `{fetch}` and copy the cache")
+        return error(f"{noun} {at!r}: not in the Hugging Face cache ({hf_cache_dir() or 'default'}) and the hub "
+                     f"cannot be reached. {how}; or {wanted.local}. ({name}: {first})")
     if name == "GatedRepoError":
-        return HubHeadError(f"EAGLE-3 head {at!r} is gated: accept its terms on https://huggingface.co/{repo} "
-                            f"and log in (`hf auth login` or HF_TOKEN)")
+        return error(f"{noun} {at!r} is gated: accept its terms on https://huggingface.co/{repo} "
+                     f"and log in (`hf auth login` or HF_TOKEN)")
     if name == "RevisionNotFoundError":
-        return HubHeadError(f"EAGLE-3 head {repo!r} has no revision {revision!r}")
+        return error(f"{noun} {repo!r} has no revision {revision!r}")
     if name in ("RepositoryNotFoundError", "HFValidationError"):
-        return HubHeadError(f"EAGLE-3 head {at!r}: no such repository on the Hugging Face hub (nor a local file "
-                            f"or directory of that name); a private repo needs `hf auth login` or HF_TOKEN")
-    return HubHeadError(f"EAGLE-3 head {at!r}: download failed ({name}: {first})")
+        return error(f"{noun} {at!r}: no such repository on the Hugging Face hub (nor a local file "
+                     f"or directory of that name); a private repo needs `hf auth login` or HF_TOKEN")
+    return error(f"{noun} {at!r}: download failed ({name}: {first})")
 
 
 def download_head(repo: str, revision: Optional[str] = None, local_files_only: bool = False) -> Path:
     """The snapshot directory of the head's config.json and weights in the hub cache (downloaded
     if needed: safetensors, else the .bin files). Offline (HF_HUB_OFFLINE or local_files_only) it
     only reads the cache. Raises HubHeadError."""
-    hub = _import_hub()
+    hub = _import_hub(HEAD)
     no_network = local_files_only or offline()
     kwargs = dict(repo_id=repo, revision=revision, cache_dir=hf_cache_dir(), local_files_only=no_network)
     try:
@@ -170,7 +199,7 @@ def download_head(repo: str, revision: Optional[str] = None, local_files_only: b
         if not any(folder.glob("*.safetensors")):
             folder = Path(hub.snapshot_download(allow_patterns=BIN_PATTERNS, ignore_patterns=BIN_IGNORE, **kwargs))
     except Exception as e:  # huggingface_hub's errors, network errors: one clear line
-        raise _explain(repo, revision, no_network, e) from None
+        raise _explain(HEAD, repo, revision, no_network, e) from None
     if not (folder / "config.json").is_file():
         raise HubHeadError(f"EAGLE-3 head {repo!r}: the repository has no config.json (is it an HF EAGLE-3 head? "
                            f"a GGUF head: download it and pass its path)")
@@ -178,18 +207,20 @@ def download_head(repo: str, revision: Optional[str] = None, local_files_only: b
 
 
 def cached_repo_file(repo: str, pattern: str, cache_dir: Optional[str] = None) -> Path:
-    """The one cached file of repo matching the glob pattern, without network (Llama.from_pretrained
-    offline: llama-cpp-python's lists the repo online first). Raises HubHeadError."""
-    hub = _import_hub()
+    """The one cached file of the model repo matching the glob pattern, without network
+    (Llama.from_pretrained offline: llama-cpp-python's lists the repo online first). Raises
+    HubModelError."""
+    hub = _import_hub(MODEL)
     try:
         folder = Path(hub.snapshot_download(repo_id=repo, allow_patterns=[pattern], local_files_only=True,
                                             cache_dir=cache_dir or hf_cache_dir()))
     except Exception as e:
-        raise _explain(repo, None, True, e) from None
+        raise _explain(MODEL, repo, None, True, e, include=pattern) from None
     found = sorted(p for p in folder.rglob("*") if fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern))
     if len(found) != 1:
-        raise HubHeadError(f"{repo}: {len(found)} cached files match {pattern!r} "
-                           f"({', '.join(p.name for p in found) or 'none'}); offline, exactly one must")
+        raise HubModelError(f"model {repo!r}: {len(found)} cached files match {pattern!r} "
+                            f"({', '.join(p.name for p in found) or 'none'}); offline (HF_HUB_OFFLINE), exactly "
+                            f"one must: fetch it with `hf download {repo} --include '{pattern}'`, or {MODEL.local}")
     return found[0]
 
 
