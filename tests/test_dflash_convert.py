@@ -127,6 +127,8 @@ REFUSALS = [
     ({"architectures": ["DSparkDraftModel"]}, {}, "DSpark"),
     ({}, {"markov_head.w1.weight": np.zeros((4, 8), np.float32)}, "DSpark"),
     ({"layer_types": ["sliding_attention"] * 2, "sliding_window": 64}, {}, "sliding-window"),
+    ({"dflash_config": {"mask_token_id": 5, "target_layer_ids": [1, 3, 5], "projector_type": "domino"}}, {},
+     "projector_type"),
     ({"is_causal": True}, {}, "block-causal"),
     ({"hidden_act": "gelu"}, {}, "hidden_act"),
     ({"dflash_config": {"mask_token_id": 5, "target_layer_ids": [1, 3, 5], "output_multiplier": 0.5}}, {},

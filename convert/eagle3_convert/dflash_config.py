@@ -2,8 +2,8 @@
 dflash graph (or this converter's reference) cannot run, refused one line each.
 
 Kinds (detect_kind, from config.json alone):
-  dflash   z-lab `DFlashDraftModel` (a `dflash_config` object, or block_size + mask token)
-           or RedHatAI speculators `DFlashSpeculator` (speculators_model_type "dflash")
+  dflash   z-lab `DFlashDraftModel` (any architecture naming DFlash, or a `dflash_config`
+           object) or RedHatAI speculators `DFlashSpeculator` (speculators_model_type "dflash")
   refused  DFlash2 (selector / dynamic-conv heads), DSpark (Markov / confidence heads)
   eagle3   anything else: the EAGLE-3 converter decides
 
@@ -25,7 +25,6 @@ from typing import Any, Optional
 from .errors import ConversionError
 from .hf_config import merged_hparams, number, refuse
 
-_DFLASH_ARCHS = ("DFlashDraftModel", "DFlashSpeculator")
 _SPECULATORS_TYPE = "speculators_model_type"
 _DEFAULT_BLOCK = {"zlab": 16, "speculators": 8}  # the training code's defaults when the key is absent
 
@@ -45,7 +44,7 @@ def detect_kind(config: dict[str, Any]) -> str:
     if any("DFlash2" in a for a in archs) or stype == "dflash2" or "selector_rank" in draft or "conv_kernel_size" in draft:
         raise refuse("a DFlash2 head (candidate selector and dynamic convolutions)",
                      "this converter writes plain DFlash heads; use llama.cpp's convert_hf_to_gguf.py for DFlash2")
-    if any(a in _DFLASH_ARCHS for a in archs) or stype == "dflash" or draft:
+    if any("DFlash" in a for a in archs) or stype == "dflash" or draft:
         return "dflash"
     return "eagle3"
 
@@ -124,13 +123,12 @@ _GRAPH = "llama.cpp's dflash graph (as this converter writes and checks it)"
 
 def refuse_unsupported(config: dict[str, Any], h: dict[str, Any], layout: str, get: Any) -> None:
     """Raises for a setting whose math this converter's reference and GGUF do not carry."""
-    if layout == "speculators":
-        if config.get("projector_type", "dflash") != "dflash":
-            raise refuse(f"projector_type {config['projector_type']!r} (a correction head after DFlash)",
-                         f"{_GRAPH} runs the plain DFlash projector")
-        if config.get("sample_from_anchor"):
-            raise refuse("sample_from_anchor: true (the block's first row is a prediction)",
-                         "llama.cpp's DFlash drafter reads predictions from block rows 1.. only")
+    if get("projector_type") not in (None, "dflash"):
+        raise refuse(f"projector_type {get('projector_type')!r} (a correction head after DFlash)",
+                     f"{_GRAPH} runs the plain DFlash projector")
+    if get("sample_from_anchor"):
+        raise refuse("sample_from_anchor: true (the block's first row is a prediction)",
+                     "llama.cpp's DFlash drafter reads predictions from block rows 1.. only")
     act = h.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise refuse(f"hidden_act {act!r}", f"{_GRAPH} runs a SiLU-gated MLP")
