@@ -76,6 +76,14 @@ class DFlashGraph:
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
 
+    def pos_max(self) -> int:
+        return llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self.ctx), 0)
+
+    def drop_from(self, p: int) -> None:
+        """Forget positions >= p: a block's rows stay in the cache after its decode, and a batch must
+        start right after the cache's last position (llama.cpp refuses the batch otherwise)."""
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), 0, p, -1)
+
     def _process(self, batch) -> None:
         rc = llama_cpp.llama_process(self.ctx, llama_cpp.LLAMA_PROCESS_TYPE_DECODE, batch)
         _check(rc == 0, f"llama_process returned {rc}")

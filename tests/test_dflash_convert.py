@@ -247,3 +247,28 @@ def test_llama_cpp_scatters_d2t_logits(tmp_path, targets, n_vocab):
     assert rel(states, ref_states) <= 1e-5 and rel(logits[:, head.d2t], ref_logits) <= 1e-5
     others = np.setdiff1d(np.arange(n_vocab), head.d2t)
     assert np.isneginf(logits[:, others]).all()
+
+
+def test_drafting_continues_after_the_block_is_dropped(zlab_gguf, targets):
+    """What a runtime does between drafts: the block's rows stay in the draft cache (positions
+    p0..p0+n-1), so it drops them, injects the accepted tokens' feature rows at p0.. and drafts the
+    next block; the result is the same as injecting the whole context at once."""
+    graph = DFlashGraph(zlab_gguf, targets["llama"])
+    try:
+        c = DFlashGgufWeights(zlab_gguf).config
+        rng = np.random.default_rng(2)
+        features = rng.standard_normal((60, graph.row_width)).astype(np.float32)
+        tokens = np.array([17] + [c.mask_token_id] * (c.block_size - 1))
+        graph.clear()
+        graph.inject(features[:50], np.arange(50))
+        graph.block(tokens, 50)
+        assert graph.pos_max() == 50 + c.block_size - 1
+        graph.drop_from(50)
+        graph.inject(features[50:55], np.arange(50, 55))  # five accepted tokens
+        incremental, _ = graph.block(tokens, 55)
+        graph.clear()
+        graph.inject(features[:55], np.arange(55))
+        at_once, _ = graph.block(tokens, 55)
+    finally:
+        graph.close()
+    np.testing.assert_array_equal(incremental, at_once)
