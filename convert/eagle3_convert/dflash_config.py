@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import ConversionError
 from .hf_config import merged_hparams, number, refuse
@@ -113,7 +113,7 @@ def settings(config: dict[str, Any]) -> DFlashSettings:
                               "it was trained with (add it to config.json, e.g. the tokenizer's <|MASK|> id)")
     block = number({"block_size": get("block_size")}, "block_size", int, _DEFAULT_BLOCK[layout])
     draft_vocab = number(config, "draft_vocab_size", int, None) if layout == "speculators" else None
-    refuse_unsupported(config, h, layout, get)
+    refuse_unsupported(h, get)
     return DFlashSettings(layout=layout, hparams=h, target_layers=ids, layer_ids_note=note, block_size=block,
                           mask_token_id=mask, draft_vocab_size=draft_vocab)
 
@@ -121,8 +121,9 @@ def settings(config: dict[str, Any]) -> DFlashSettings:
 _GRAPH = "llama.cpp's dflash graph (as this converter writes and checks it)"
 
 
-def refuse_unsupported(config: dict[str, Any], h: dict[str, Any], layout: str, get: Any) -> None:
-    """Raises for a setting whose math this converter's reference and GGUF do not carry."""
+def refuse_unsupported(h: dict[str, Any], get: Callable[[str], Any]) -> None:
+    """Raises for a setting whose math this converter's reference and GGUF do not carry; h: the
+    hyperparameters, get(key): a draft setting as the layout stores it."""
     if get("projector_type") not in (None, "dflash"):
         raise refuse(f"projector_type {get('projector_type')!r} (a correction head after DFlash)",
                      f"{_GRAPH} runs the plain DFlash projector")
