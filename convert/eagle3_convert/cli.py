@@ -1,4 +1,5 @@
-"""convert-eagle3-gguf: an HF EAGLE-3 head -> llama.cpp `eagle3` GGUF.
+"""convert-eagle3-gguf: an HF EAGLE-3 head -> llama.cpp `eagle3` GGUF, or an HF DFlash head ->
+llama.cpp `dflash` GGUF (the kind is told from the head's config.json).
 
     convert-eagle3-gguf path/to/hf-head --target model.gguf --outfile head.gguf [--outtype f16]
 """
@@ -14,6 +15,9 @@ import numpy as np
 
 from .errors import ConversionError
 from .checkpoint import LazyTensor
+from .dflash_config import head_kind
+from .dflash_convert import convert_dflash
+from .dflash_head import DFlashHead
 from .gguf_io import GgufWeights, write_head_gguf
 from .head import Eagle3Head, check_against_target
 from .layouts import load_hf_head
@@ -86,7 +90,12 @@ def vocabulary_roundtrip(original: Eagle3Head, written: GgufWeights) -> float:
 
 
 def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", convention: Optional[str] = None,
-            target_layers: Optional[list[int]] = None, log=print) -> Eagle3Head:
+            target_layers: Optional[list[int]] = None, log=print) -> Union[Eagle3Head, DFlashHead]:
+    if head_kind(head_path) == "dflash":
+        if convention is not None or target_layers is not None:
+            raise ConversionError("--layer-convention and --target-layers apply to EAGLE-3 heads only: a DFlash head "
+                                  "stores its target layer ids (and their convention follows from its layout)")
+        return convert_dflash(head_path, target, outfile, outtype, log)  # type: ignore[arg-type]
     tgt = load_target(target)
     head = load_hf_head(head_path, tgt, convention, target_layers)  # type: ignore[arg-type]
     check_against_target(head.config, tgt, head.embed_tokens is not None)

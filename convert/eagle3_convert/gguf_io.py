@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal, Optional
 import numpy as np
 
 from .errors import ConversionError
-from .gguf_header import read_gguf_header
+from .gguf_header import TensorInfo, read_gguf_header
 from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
 from .hf_config import yarn_mscale
 from .reference import rope_factors
@@ -98,9 +98,10 @@ def _encode_tensor(w: np.ndarray, dtype: Any, qtype: Any) -> np.ndarray:
 
 
 RowReader = Callable[[int, int], np.ndarray]
+TensorPlan = list[tuple[str, str, tuple[int, ...], RowReader, bool]]
 
 
-def _tensors_to_write(head: Eagle3Head) -> list[tuple[str, str, tuple[int, ...], RowReader, bool]]:
+def _tensors_to_write(head: Eagle3Head) -> TensorPlan:
     """(canonical field, GGUF name, shape, rows(start, stop) in file orientation, whole): the writer
     asks for CHUNK_ROWS rows at a time, or for every row at once when `whole` (q/k: the
     permutation works per head; vectors)."""
@@ -143,13 +144,15 @@ class _RowChunks:
 PROGRESS_BYTES = 64 << 20  # tensors at least this large get a progress line while written
 
 
-def _write_tensors(w: Any, head: Eagle3Head, outtype: OutType, progress: Optional[Callable[[str], None]] = None) -> None:
-    """Tensor infos first (shapes and sizes need no data), then the data one tensor at a time;
-    progress (if given) gets a line per tensor of PROGRESS_BYTES or more (a large head's slow part)."""
+def write_tensors(w: Any, tensors: TensorPlan, outtype: OutType, progress: Optional[Callable[[str], None]] = None) -> None:
+    """Tensor infos first (shapes and sizes need no data), then the data one tensor at a time.
+    `tensors`: (canonical field, GGUF name, shape, rows(start, stop), whole) as _tensors_to_write
+    makes them; the canonical field decides the encoding (_encoding). Progress (if given) gets a
+    line per tensor of PROGRESS_BYTES or more (a large head's slow part)."""
     import gguf
 
     plan = []
-    for field_name, name, shape, rows, whole in _tensors_to_write(head):
+    for field_name, name, shape, rows, whole in tensors:
         dtype, qtype = _encoding(field_name, shape, outtype)
         if qtype is None:
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -200,35 +203,36 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
     for key, value in target.tokenizer.items():
         write_kv(w, key, value)
 
-    _write_tensors(w, head, outtype, progress)
+    write_tensors(w, _tensors_to_write(head), outtype, progress)
     w.close()
 
 
-def _write_rope_scaling(w: Any, c: Eagle3Config) -> None:
+def _write_rope_scaling(w: Any, c: Any, arch: str = ARCH) -> None:
+    """c: a config with rope_scaling (Eagle3Config or DFlashConfig); arch: the key prefix."""
     s = c.rope_scaling or {}
     kind = s.get("rope_type")
     if kind not in ("linear", "yarn"):
         return  # none, or llama3 / freqs: the rope_freqs tensor
-    w.add_string(f"{ARCH}.rope.scaling.type", kind)
-    w.add_float32(f"{ARCH}.rope.scaling.factor", float(s["factor"]))
+    w.add_string(f"{arch}.rope.scaling.type", kind)
+    w.add_float32(f"{arch}.rope.scaling.factor", float(s["factor"]))
     if kind == "yarn":
-        w.add_uint32(f"{ARCH}.rope.scaling.original_context_length", int(s["original_max_position_embeddings"]))
-        w.add_float32(f"{ARCH}.rope.scaling.attn_factor", float(s["attention_factor"]) / yarn_mscale(float(s["factor"])))
+        w.add_uint32(f"{arch}.rope.scaling.original_context_length", int(s["original_max_position_embeddings"]))
+        w.add_float32(f"{arch}.rope.scaling.attn_factor", float(s["attention_factor"]) / yarn_mscale(float(s["factor"])))
 
 
-def _read_rope_scaling(meta: dict[str, Any]) -> Optional[dict]:
-    kind = meta.get(f"{ARCH}.rope.scaling.type", "none")
-    if kind in ("none", "linear") and float(meta.get(f"{ARCH}.rope.scaling.factor", 1.0)) == 1.0:
+def _read_rope_scaling(meta: dict[str, Any], arch: str = ARCH) -> Optional[dict]:
+    kind = meta.get(f"{arch}.rope.scaling.type", "none")
+    if kind in ("none", "linear") and float(meta.get(f"{arch}.rope.scaling.factor", 1.0)) == 1.0:
         return None
-    factor = float(meta.get(f"{ARCH}.rope.scaling.factor", 1.0))
+    factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0))
     if kind == "linear":
         return {"rope_type": "linear", "factor": factor}
     if kind == "yarn":
-        attn = float(meta.get(f"{ARCH}.rope.scaling.attn_factor", 1.0)) * yarn_mscale(factor)
+        attn = float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0)) * yarn_mscale(factor)
         return {"rope_type": "yarn", "factor": factor, "attention_factor": attn,
-                "original_max_position_embeddings": int(meta.get(f"{ARCH}.rope.scaling.original_context_length",
-                                                                 meta.get(f"{ARCH}.context_length", 4096)))}
-    raise ConversionError(f"key {ARCH}.rope.scaling.type is {kind!r}: this converter writes none, linear or yarn")
+                "original_max_position_embeddings": int(meta.get(f"{arch}.rope.scaling.original_context_length",
+                                                                 meta.get(f"{arch}.context_length", 4096)))}
+    raise ConversionError(f"key {arch}.rope.scaling.type is {kind!r}: this converter writes none, linear or yarn")
 
 
 def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) -> Eagle3Config:
@@ -320,20 +324,25 @@ class GgufWeights:
         return t
 
     def _read(self, name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
-        import gguf
+        return read_tensor(self.path, self._tensors[name], self._size, rows)
 
-        t = self._tensors[name]
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type)]
-        n_rows, row_bytes = int(np.prod(t.ne[1:])), t.ne[0] // block * type_size
-        if t.offset + n_rows * row_bytes > self._size:
-            raise ConversionError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
-        data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
-        picked = data if rows is None else data[rows]  # the mapping itself, or a copy of some rows
-        shape = tuple(reversed(t.ne)) if rows is None else (len(rows), *reversed(t.ne[:-1]))
-        if t.type == gguf.GGMLQuantizationType.I64:
-            return picked.view("<i8").reshape(shape).astype(np.int64)
-        values = gguf.quants.dequantize(picked, gguf.GGMLQuantizationType(t.type)).reshape(shape)
-        return values.astype(np.float32, copy=False)
+
+def read_tensor(path: Path, t: TensorInfo, file_size: int, rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """A tensor of a GGUF file (or only `rows` of it) in NumPy order: I64 as int64, every other
+    type dequantized to float32; read from a memory map of the file."""
+    import gguf
+
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type)]
+    n_rows, row_bytes = int(np.prod(t.ne[1:])), t.ne[0] // block * type_size
+    if t.offset + n_rows * row_bytes > file_size:
+        raise ConversionError(f"{path}: tensor {t.name} runs past the end of the file (truncated?)")
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
+    picked = data if rows is None else data[rows]  # the mapping itself, or a copy of some rows
+    shape = tuple(reversed(t.ne)) if rows is None else (len(rows), *reversed(t.ne[:-1]))
+    if t.type == gguf.GGMLQuantizationType.I64:
+        return picked.view("<i8").reshape(shape).astype(np.int64)
+    values = gguf.quants.dequantize(picked, gguf.GGMLQuantizationType(t.type)).reshape(shape)
+    return values.astype(np.float32, copy=False)
 
 
 def read_head_gguf(path: Path) -> Eagle3Head:

@@ -61,8 +61,8 @@ def target_from_gguf(path: Path) -> TargetInfo:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise ConversionError(f"{path}: GGUF without general.architecture")
-    if arch == "eagle3":
-        raise ConversionError(f"{path}: this is an EAGLE-3 head, not a target model")
+    if arch in ("eagle3", "dflash"):
+        raise ConversionError(f"{path}: this is an {'EAGLE-3' if arch == 'eagle3' else 'DFlash'} head, not a target model")
     try:
         n_layer = int(meta[f"{arch}.block_count"])
         n_embd = int(meta[f"{arch}.embedding_length"])
