@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-import llama_eagle3.engine as engine
+import llama_eagle3.rounds as rounds
 import tiny_models as tm
 from llama_eagle3 import Llama
 
@@ -67,7 +67,7 @@ def test_keyboard_interrupt_anywhere_in_a_round_leaves_a_consistent_state(point,
     for k in (1, 2, 5, 9):
         for after in (False, True):
             where = {"propose": (spec._engine.drafter, "propose"), "capture": (spec._engine.capture, "decode"),
-                     "accept": (engine, "accept_chain"), "truncate": (spec._engine, "truncate"),
+                     "accept": (rounds, "accept_chain"), "truncate": (spec._engine, "truncate"),
                      "observe": (spec._engine.drafter, "observe")}[point]
             trap = Interrupt(*where, k, after)
             try:

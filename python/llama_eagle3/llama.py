@@ -54,6 +54,8 @@ class Llama(llama_cpp.Llama):
         eagle3_tree_width: > 1 makes draft trees of this width a candidate (tree.py; with
             eagle3_adaptive=False every round drafts one); 1: chains only.
         eagle3_tree_nodes: node budget of a tree (default 3 * eagle3_draft_max).
+        eagle3_ngram: beside the head, draft copies of the context's own repeats (ngram.py), verified
+            only where their measured acceptance pays for the rows.
 
     With eagle3_head, flash_attn defaults to True: greedy output is then token-for-token
     that of llama_cpp.Llama(..., flash_attn=True).
@@ -62,8 +64,9 @@ class Llama(llama_cpp.Llama):
     def __init__(self, model_path: str, *args, eagle3_head: Optional[Union[str, Path]] = None,
                  eagle3_draft_max: int = 4, eagle3_adaptive: bool = True, eagle3_p_min: float = 0.5,
                  eagle3_capture: CaptureMode = "auto", eagle3_tree_width: int = 1,
-                 eagle3_tree_nodes: Optional[int] = None, **kwargs):
+                 eagle3_tree_nodes: Optional[int] = None, eagle3_ngram: bool = True, **kwargs):
         self._engine: Optional[Engine] = None
+        self.eagle3_ngram = eagle3_ngram
         if eagle3_draft_max < 0:
             raise ValueError(f"eagle3_draft_max must be >= 0, got {eagle3_draft_max}")
         if not 0.0 <= eagle3_p_min <= 1.0:
@@ -154,7 +157,7 @@ class Llama(llama_cpp.Llama):
         drafter = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(drafter.close)  # LIFO: the head goes before the target context
         engine = Engine(self, drafter, capture, self._policy, self.eagle3_draft_max, self.eagle3_p_min,
-                        self.eagle3_tree_width, self.eagle3_tree_nodes)
+                        self.eagle3_tree_width, self.eagle3_tree_nodes, ngram=self.eagle3_ngram)
         if self.eagle3_tree_width > 1:
             engine.tree_batch = internals.LlamaBatch(n_tokens=self.eagle3_tree_nodes + 1, embd=0,
                                                      n_seq_max=self.eagle3_tree_nodes, verbose=False)
@@ -188,8 +191,10 @@ class Llama(llama_cpp.Llama):
         alpha, decode_ms per row count, draft_step_ms, round_overhead_ms, the fallback's state)."""
         if self._engine is None:
             return {**SpeculativeStats().as_dict(), "policy": self._policy.snapshot()}
-        return {**self._engine.stats.as_dict(),
-                "policy": {**self._policy.snapshot(), **self._engine.fallback.snapshot()}}
+        engine = self._engine
+        return {**engine.stats.as_dict(),
+                "policy": {**self._policy.snapshot(), **engine.fallback.snapshot(),
+                           **(engine.ngram.snapshot() if engine.ngram is not None else {})}}
 
     def reset_speculative_stats(self) -> None:
         if self._engine is not None:
