@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
 
-import llama_eagle3.engine as engine
+import llama_eagle3.rounds as rounds
+import llama_eagle3.tree_round as tree_round
 from llama_eagle3 import Llama
 from llama_eagle3.tree import DraftTree
 
@@ -123,13 +124,13 @@ def test_wrong_rule_is_detected(plain_counts, targets, heads, monkeypatch):
             break
         return out
 
-    monkeypatch.setattr(engine, "accept_chain", biased)
+    monkeypatch.setattr(rounds, "accept_chain", biased)
     counts = outcomes(make_spec(targets, heads))
     assert p_value(plain_counts, counts) < 1e-6
 
 
 def test_wrong_tree_rule_is_detected(plain_counts, targets, heads, monkeypatch):
-    real = engine.accept_tree
+    real = tree_round.accept_tree
 
     def first_child(sample_row, tree):  # commits the most likely draft at the root unchecked: not lossless
         committed, path = real(sample_row, tree)
@@ -137,7 +138,7 @@ def test_wrong_tree_rule_is_detected(plain_counts, targets, heads, monkeypatch):
             return committed, path
         return [tree.tokens[0], sample_row(1)], [0]
 
-    monkeypatch.setattr(engine, "accept_tree", first_child)
+    monkeypatch.setattr(tree_round, "accept_tree", first_child)
     counts = outcomes(make_spec(targets, heads, tree=True))
     assert p_value(plain_counts, counts) < 1e-6
 

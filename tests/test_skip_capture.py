@@ -11,6 +11,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
+import llama_eagle3.engine as engine_module
 import oracle
 from llama_eagle3 import Llama
 from llama_eagle3.rounds import OFF_WINDOW
@@ -56,6 +57,10 @@ def fix_costs(spec: Llama, gap: int = GAP) -> None:
     policy.costs.add_step(1.1e-3)
     policy.probe_every = policy.hopeless_probe_every = policy._probe_gap = gap
     policy._start_exploring = lambda k: False  # no chain re-measured from plain decoding: speculation stays off
+    policy.observe_overhead = lambda rows, seconds: None
+    policy._rechecking = False                 # past the start-up re-check (a probe every 4 tokens)
+    spec._engine.fallback.consider = lambda p: None  # probes and captures alone (the fallback: test_fallback.py)
+    spec._engine.ngram = None                  # (the tiny target repeats itself: test_ngram.py)
 
 
 def log_decodes(spec: Llama) -> list[tuple[int, bool, Optional[bool]]]:
@@ -170,7 +175,7 @@ class Phased(oracle.OracleProposer):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_greedy_identical_through_skipping_probing_and_speculating(arch, targets, heads):
+def test_greedy_identical_through_skipping_probing_and_speculating(arch, targets, heads, monkeypatch):
     """Wrong drafts, then right ones (probes hit, speculation comes on), then wrong ones again:
     the plain steps of both wrong stretches skip the capture; output is plain decoding's, also
     for later requests that reuse the prefix."""
@@ -181,13 +186,13 @@ def test_greedy_identical_through_skipping_probing_and_speculating(arch, targets
     orc = Phased(spec._engine.drafter, [ref], lo=n_prompt + 40, hi=n_prompt + 140)
     spec._engine.drafter = orc
     log = log_decodes(spec)
-    inner, play = orc.inner, spec._engine.round
+    inner, play = orc.inner, engine_module.chain_round
 
-    def checked_round(pending):
-        out = play(pending)
+    def checked_round(engine, pending):
+        out = play(engine, pending)
         assert inner.head_start <= inner.head_n <= inner.feature_end == spec.n_tokens
         return out
-    spec._engine.round = checked_round
+    monkeypatch.setattr(engine_module, "chain_round", checked_round)
     assert spec(PROMPT, max_tokens=300, temperature=0.0)["choices"][0]["text"] == want
     s = spec.speculative_stats()
     assert s["probes"] > 0 and s["probe_hits"] > 0 and s["rounds"] > 0 and s["accepted"] > 0, s

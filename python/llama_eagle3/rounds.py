@@ -85,8 +85,9 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
 def ngram_drafts(engine: "Engine", next_token: int, room: int, k_head: int) -> list[int]:
     """The n-gram copy to verify this round: the chain of drafted tokens the measured costs and
     the n-gram acceptance rate fastest, if it beats the head's chain of k_head (0: plain
-    decoding); [] otherwise or without an n-gram drafter."""
-    if engine.ngram is None or room <= 0:
+    decoding); [] otherwise, without an n-gram drafter, or with a fixed policy (eagle3_adaptive=False
+    drafts the head's chain every round)."""
+    if engine.ngram is None or room <= 0 or not engine.policy.adaptive:
         return []
     candidate = engine.ngram.propose(engine.llm.input_ids, engine.llm.n_tokens, next_token)
     if not candidate:
