@@ -26,10 +26,10 @@ from .train.prompts import load_prompts
 
 # control: plain llama-cpp-python again, a second instance: its ratios to plain are the machine's
 # own noise (how far a method that costs nothing would fall on its worst prompt by chance)
-METHODS = ("plain", "control", "lookup", "eagle3", "tree", "auto")
+METHODS = ("plain", "control", "lookup", "eagle3", "tree", "auto", "default")
 DEFAULT_METHODS = ("plain", "lookup", "eagle3", "tree", "auto")
-SPECULATIVE = ("eagle3", "tree", "auto")
-_STATS = ("rounds", "drafted", "accepted", "plain_steps", "probes", "mean_accepted_length", "acceptance_rate",
+SPECULATIVE = ("eagle3", "tree", "auto", "default")
+_STATS = ("rounds", "drafted", "accepted", "plain_steps", "fallback_steps", "uncaptured_steps", "probes", "drafters", "mean_accepted_length", "acceptance_rate",
           "acceptance_at", "draft_seconds", "verify_seconds", "sample_seconds", "plain_decode_seconds",
           "overhead_seconds", "policy")
 
@@ -64,6 +64,8 @@ def _make(name: str, model: str, head: str, draft_max: int, p_min: float, tree: 
         return llama_cpp.Llama(model, **common)
     if name == "lookup":
         return llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10), **common)
+    if name == "default":  # what a user gets with nothing set but the head
+        return Llama(model, eagle3_head=head, **common)
     width = tree[0] if name in ("tree", "auto") else 1
     return Llama(model, eagle3_head=head, eagle3_draft_max=draft_max, eagle3_p_min=p_min,
                  eagle3_adaptive=name == "auto", eagle3_tree_width=width, eagle3_tree_nodes=tree[1], **common)

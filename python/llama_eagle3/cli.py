@@ -158,7 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--methods", default="plain,lookup,eagle3,tree,auto",
                    help="comma-separated: plain, control (plain again: the machine's noise), lookup, eagle3 (chain of "
-                        "--draft-max every round), tree (a tree every round), auto (adaptive: off, chain or tree)")
+                        "--draft-max every round), tree (a tree every round), auto (adaptive: off, chain or tree), default "
+                        "(llama_eagle3.Llama with nothing set but the head)")
     b.add_argument("--temperature", type=float, default=0.0, help="> 0: sample, seed = prompt index (default greedy)")
     b.add_argument("--tree-width", type=int, default=3)
     b.add_argument("--tree-nodes", type=int, default=None, help="tree node budget (default 3 x --draft-max)")

@@ -73,6 +73,8 @@ class Engine:
         """Keeps target positions [0, keep) with keep <= m chosen so both invariants hold."""
         llm = self.llm
         keep = self.drafter.truncate(m)
+        if self.ngram is not None:
+            self.ngram.truncate(keep)
         if keep < llm.n_tokens:
             self.forget_from(keep)
         llm.n_tokens = keep

@@ -221,6 +221,8 @@ class Llama(llama_cpp.Llama):
         super().reset()
         if self._engine is not None:
             self._engine.drafter.reset()
+            if self._engine.ngram is not None:
+                self._engine.ngram.reset()
 
     def load_state(self, state) -> None:
         super().load_state(state)

@@ -25,57 +25,92 @@ from .acceptance import Acceptance, expected_tokens
 from .costs import CostTable, Ema
 
 MAX_MATCH = 32  # tokens a match is extended backwards to rank candidates
+CANDIDATES = 8  # latest occurrences of the key ranked by match length
 
 
 class NgramDrafter:
+    """State: a copy of the context it indexed (tokens[:len(tokens)], kept equal to the target's
+    committed tokens at each propose()) and, for every n_min-gram starting at s with a token after
+    it (s + n_min < len(tokens)), s in index[gram] (ascending). Amortised O(1) per token: a
+    context that changed under it (prefix reuse, a truncation) is re-indexed from the first
+    changed position only."""
+
     def __init__(self, k_max: int, n_min: int = 3, prior: float = 0.5):
         self.k_max, self.n_min, self.prior = k_max, n_min, prior
         self.alpha = [Acceptance(decay=0.95, fade=1.0) for _ in range(k_max)]
         self.lookup = Ema(0.9)            # seconds per propose()
-        self._pending: list[tuple[int, np.ndarray]] = []  # unsettled proposals: (n, tokens for n + 1 ..)
+        self._pending: list[tuple[int, list[int]]] = []  # unsettled proposals: (n, tokens for n + 1 ..)
         self.proposals = 0
+        self._tokens: list[int] = []
+        self._index: dict[tuple[int, ...], list[int]] = {}
 
     def reset(self) -> None:
-        """The context changed under the pending proposal (a new prompt, a truncation)."""
-        self._pending = []
+        """Forgets the context and the unsettled proposals."""
+        self._pending, self._tokens, self._index = [], [], {}
 
     # ---- proposing ------------------------------------------------------------------
 
     def propose(self, input_ids: np.ndarray, n: int, next_token: int) -> list[int]:
         """Up to k_max tokens that followed the latest, longest earlier match of the context
         input_ids[:n] + [next_token] (t_n at position n); [] when its last n_min tokens never
-        occurred before. Settles the previous proposal first."""
+        occurred before. Settles earlier proposals first."""
         t0 = time.perf_counter()
+        self._sync(input_ids, n)
         self.settle(input_ids, n)
-        drafts = self._find(input_ids, n, next_token)
+        drafts = self._find(next_token)
         if drafts:
-            self._pending.append((n, np.asarray(drafts)))
+            self._pending.append((n, drafts))
             self.proposals += 1
         self.lookup.add(time.perf_counter() - t0)
         return drafts
 
-    def _find(self, input_ids: np.ndarray, n: int, next_token: int) -> list[int]:
-        """The sequence is ctx = input_ids[:n] followed by next_token; its last n_min tokens are the
-        key. A candidate s has ctx[s : s + n_min] == key and at least one token after it (s + n_min
-        < n); its match extends back while ctx[s - 1 - e] == ctx[n - n_min - e]."""
-        if n < self.n_min:
+    def truncate(self, m: int) -> None:
+        """The target keeps positions [0, m): the indexed copy follows."""
+        if m < len(self._tokens):
+            self._drop_from(m)
+
+    def _drop_from(self, m: int) -> None:
+        toks, k = self._tokens, self.n_min
+        for s in range(len(toks) - k - 1, m - k - 1, -1):               # grams followed by a dropped token
+            if s >= 0:
+                self._index[tuple(toks[s : s + k])].pop()
+        del toks[m:]
+
+    def _sync(self, input_ids: np.ndarray, n: int) -> None:
+        """Brings the indexed copy to input_ids[:n]: positions from the first difference on are
+        dropped (their grams unindexed, latest first), then the new ones added. The engine reports
+        every change of the target's context (truncate, reset); a spot check of two positions
+        catches any other (drafts are verified, so a stale copy costs speed, never output)."""
+        toks, k = self._tokens, self.n_min
+        m = min(len(toks), n)
+        if m and (toks[m - 1] != input_ids[m - 1] or toks[max(m - 64, 0)] != input_ids[max(m - 64, 0)]):
+            same = np.flatnonzero(np.asarray(toks[:m]) != input_ids[:m])
+            m = int(same[0]) if len(same) else m
+        self._drop_from(m)
+        toks.extend(int(t) for t in input_ids[m:n])
+        for s in range(max(m - k, 0), len(toks) - k):                   # grams now followed by a token
+            self._index.setdefault(tuple(toks[s : s + k]), []).append(s)
+
+    def _find(self, next_token: int) -> list[int]:
+        """The sequence is ctx (the indexed tokens, n of them) followed by next_token; its last
+        n_min tokens are the key. A candidate s has ctx[s : s + n_min] == key and a token after it;
+        its match extends back while ctx[s - 1 - e] == ctx[n - n_min - e]."""
+        ctx, k = self._tokens, self.n_min
+        n = len(ctx)
+        if n < k:
             return []
-        ctx = input_ids[:n]
-        key = np.append(ctx[n - self.n_min + 1:], next_token)          # [n_min]
-        hits = np.flatnonzero(ctx[: n - self.n_min] == key[0])
-        for j in range(1, self.n_min):
-            hits = hits[ctx[hits + j] == key[j]]
-        if len(hits) == 0:
+        hits = self._index.get((*ctx[n - k + 1:], next_token))
+        if not hits:
             return []
-        best, best_len = int(hits[-1]), -1
-        for s in hits[::-1][:8]:                                        # the 8 latest; the longest match wins
+        best, best_len = hits[-1], -1
+        for s in hits[-CANDIDATES:][::-1]:                              # the latest; the longest match wins
             e = 0
-            while e < MAX_MATCH - self.n_min and s - 1 - e >= 0 and ctx[s - 1 - e] == ctx[n - self.n_min - e]:
+            while e < MAX_MATCH - k and s - 1 - e >= 0 and ctx[s - 1 - e] == ctx[n - k - e]:
                 e += 1
             if e > best_len:
-                best, best_len = int(s), e
-        start = best + self.n_min
-        return [int(t) for t in ctx[start : min(start + self.k_max, n)]]
+                best, best_len = s, e
+        start = best + k
+        return ctx[start : min(start + self.k_max, n)]
 
     # ---- measuring ------------------------------------------------------------------
 
@@ -84,12 +119,11 @@ class NgramDrafter:
         input_ids[:committed_end] decide (their first mismatch or their end is committed)."""
         undecided = []
         for n, drafts in self._pending:
-            seen = input_ids[n + 1 : min(committed_end, n + 1 + len(drafts))]
-            wrong = np.flatnonzero(seen != drafts[: len(seen)])
-            if len(wrong) == 0 and len(seen) < len(drafts):
+            seen = input_ids[n + 1 : min(committed_end, n + 1 + len(drafts))].tolist()
+            accepted = next((i for i, (a, b) in enumerate(zip(seen, drafts)) if a != b), len(seen))
+            if accepted == len(seen) < len(drafts):
                 undecided.append((n, drafts))
                 continue
-            accepted = int(wrong[0]) if len(wrong) else len(drafts)
             for i in range(min(accepted + 1, len(drafts))):
                 self.alpha[i].add(float(i < accepted))
         self._pending = undecided
