@@ -325,3 +325,17 @@ def test_the_policy_reaches_the_best_fixed_length(costs):
         # every decode time off by a log-normal factor of sigma 0.15 (this project's VM)
         eff, best = policy_sim.efficiency(costs, alpha, noise=0.15)
         assert eff >= least - 0.01, f"{costs} alpha {alpha}, noisy: {eff:.3f} of chain-{best}'s rate"
+
+
+def test_a_chain_landing_on_a_cheap_row_count_is_chosen():
+    """T(n) measured on a CPU whose repacked Q4_K kernels take rows in blocks of 4 (the llama-8b
+    shape, 2026-11-30): T(4) < T(2). At acceptance 0.9 a chain of 3 (4 rows) is the best fixed
+    shape; read off the whole measured table (not a line through T(1) and T(5)) auto picks it,
+    and at 0.5 too, where every other chain loses to plain decoding."""
+    rows_of_4 = {1: 315e-3, 2: 505e-3, 3: 640e-3, 4: 465e-3, 5: 658e-3}
+    for alpha in (0.9, 0.5):
+        p = DraftPolicy(4)
+        measured(p, rows_of_4, 26.5e-3, [alpha] * 4)
+        rates = {k: p.expected_rate(k) for k in range(5)}
+        assert max(rates, key=rates.get) == 3 and p.choose() == 3, rates
+    assert p.expected_rate(2) < p.expected_rate(0) < p.expected_rate(3)  # at 0.5: only the cheap count pays
