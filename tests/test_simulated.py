@@ -15,6 +15,7 @@ import pytest
 from llama_eagle3 import Llama, synthetic
 from llama_eagle3.bench_simulated import (Timing, _upstream, parse_acceptance, predicted_rate, simulated_bench,
                                           timed_generation)
+from llama_eagle3.fallback import Fallback
 from llama_eagle3.policy import DraftPolicy
 from llama_eagle3.stats import SpeculativeStats
 from llama_eagle3.verifier import SimulatedAcceptance
@@ -79,7 +80,7 @@ def test_engine_rounds_follow_the_simulated_acceptance(targets, heads, alpha, ma
     llm = Llama(str(targets["llama"]), eagle3_head=str(heads["llama"]), n_ctx=512, verbose=False,
                 eagle3_draft_max=3, eagle3_p_min=0.0, eagle3_adaptive=False)
     stats = SpeculativeStats()
-    llm._bench_configure(DraftPolicy(3, adaptive=False), SimulatedAcceptance([alpha]), stats)
+    llm._bench_configure(DraftPolicy(3, adaptive=False), SimulatedAcceptance([alpha]), stats, Fallback())
     llm.create_completion("the cat", max_tokens=40, temperature=0.0)
     s = stats.as_dict()
     assert s["rounds"] > 5 and s["mean_accepted_length"] == mal
@@ -89,7 +90,7 @@ def test_simulation_is_refused_for_trees(targets, heads):
     llm = Llama(str(targets["llama"]), eagle3_head=str(heads["llama"]), n_ctx=512, verbose=False,
                 eagle3_draft_max=3, eagle3_tree_width=2)
     with pytest.raises(ValueError, match="chains only"):
-        llm._bench_configure(DraftPolicy(3, adaptive=False), SimulatedAcceptance([0.5]), SpeculativeStats())
+        llm._bench_configure(DraftPolicy(3, adaptive=False), SimulatedAcceptance([0.5]), SpeculativeStats(), Fallback())
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from typing import Optional
 import llama_cpp
 
 from .bench import Upstream, _device, _rendered_prompt
+from .fallback import Fallback
 from .llama import Llama
 from .policy import DraftPolicy
 from .stats import SpeculativeStats
@@ -125,11 +126,12 @@ class _SpecMethods:
         self.policies = {f"chain-{k}": DraftPolicy(k, adaptive=False) for k in range(1, self.k_max + 1)}
         self.policies["auto"] = copy.deepcopy(self.calibrated)
         self.stats = {name: SpeculativeStats() for name in self.names}
+        self.fallbacks = {name: Fallback() for name in self.names}
         self.label = label
 
     def run(self, name: str, alphas: list[float], tokens: list[int], max_tokens: int, seed: int) -> Timing:
         sim = SimulatedAcceptance(alphas, seed=f"{self.label}/{name}/{seed}")
-        self.llm._bench_configure(self.policies[name], sim, self.stats[name])
+        self.llm._bench_configure(self.policies[name], sim, self.stats[name], self.fallbacks[name])
         return timed_generation(self.llm, tokens, max_tokens)
 
 

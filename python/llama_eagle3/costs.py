@@ -4,14 +4,19 @@ All in seconds as measured in this process, on this machine and backend:
 
     T(n)   a target decode of n rows (the last token + n - 1 drafts): the median of its last
            32 samples, so that one decode stalled by something else cannot flip a decision
-    c      one draft step of the drafter (an exponentially weighted mean)
+    c      one draft step of the drafter (the median of its last 16 samples)
     o(n)   what a round of n verify rows costs besides the two models: sampling its rows, KV
-           rollback, the drafter's bookkeeping, the engine's loop (weighted mean per n)
+           rollback, the drafter's bookkeeping, the engine's loop (the median of the last 16
+           rounds of n rows)
     u      what the consumer of the token stream takes per token between two resumes of the
            generator (detokenizing, stop strings, streaming chunks): paid per committed token
            whatever the method, so it dilutes speculation's gain (weighted mean)
 
-so that a chain of k drafts costs C(k) = T(k + 1) + k * c + o(k + 1) per round and commits its
+Medians, not means: one round stalled by something else (a page fault, another process) must not
+make a shape look dear, since a shape the policy stops drafting is not measured again soon (a
+mean's spike in o(4) kept auto on chains of 1 at acceptance 0.95 in the simulated bench).
+
+So a chain of k drafts costs C(k) = T(k + 1) + k * c + o(k + 1) per round and commits its
 tokens at E(k) / (C(k) + E(k) * u).
 
 Start-up calibration (calibration.py) measures T(n) and c on an empty context, where they
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 T_SAMPLES = 32  # decodes kept per row count
+RECENT = 16     # draft steps and round overheads kept per row count
 
 
 @dataclass
@@ -42,14 +48,32 @@ class Ema:
         self.value = x if self.value is None else self.decay * self.value + (1 - self.decay) * x
 
 
+class RecentMedian:
+    """The median of the last RECENT samples, cached until the next one."""
+
+    def __init__(self) -> None:
+        self._samples: deque = deque(maxlen=RECENT)
+        self._median: Optional[float] = None
+
+    def add(self, x: float) -> None:
+        self._samples.append(x)
+        self._median = None
+
+    @property
+    def value(self) -> Optional[float]:
+        if self._median is None and self._samples:
+            self._median = statistics.median(self._samples)
+        return self._median
+
+
 class CostTable:
     def __init__(self) -> None:
         self._t: dict[int, deque] = {}           # rows -> recent decode seconds
         self._t_median: dict[int, float] = {}    # cached until the next sample of that row count
         self._provisional: set[int] = set()      # row counts whose samples are calibration's
-        self._step = Ema(0.9)
+        self._step = RecentMedian()
         self._step_provisional = False
-        self._overhead: dict[int, Ema] = {}
+        self._overhead: dict[int, RecentMedian] = {}
         self._consumer = Ema(0.95)
 
     # ---- T(n) ---------------------------------------------------------------------------
@@ -114,7 +138,7 @@ class CostTable:
     def add_step(self, seconds: float, provisional: bool = False) -> None:
         """One draft step (seconds per drafted token). Calibration's stands until a generation's."""
         if self._step_provisional and not provisional:
-            self._step = Ema(self._step.decay)
+            self._step = RecentMedian()
         self._step.add(seconds)
         self._step_provisional = provisional
 
@@ -123,7 +147,7 @@ class CostTable:
         return self._step.value
 
     def add_overhead(self, rows: int, seconds: float) -> None:
-        self._overhead.setdefault(rows, Ema(0.9)).add(max(seconds, 0.0))
+        self._overhead.setdefault(rows, RecentMedian()).add(max(seconds, 0.0))
 
     def overhead(self, rows: int) -> float:
         """o(rows); a row count not measured takes the nearest measured one's (0 before any)."""

@@ -17,6 +17,7 @@ from ._native import core, llama_cpp
 from .calibration import calibrate
 from .capture import CaptureMode, FeatureCapture, context_address
 from .engine import Engine
+from .fallback import Fallback
 from .hub import cached_repo_file, offline, resolve_head
 from .policy import DraftPolicy
 from .proposer import Eagle3Proposer
@@ -201,17 +202,17 @@ class Llama(llama_cpp.Llama):
             self._engine.stats = SpeculativeStats()
 
     def _bench_configure(self, policy: DraftPolicy, simulated: Optional[SimulatedAcceptance],
-                         stats: SpeculativeStats) -> None:
+                         stats: SpeculativeStats, fallback: Fallback) -> None:
         """Benchmark only (bench_simulated.py): the draft policy of later rounds (a fixed chain or a
-        calibrated adaptive one), simulated acceptance (None: real verification) and the counters
-        they add to. Chains only."""
+        calibrated adaptive one), its plain fallback's state, simulated acceptance (None: real
+        verification) and the counters they add to. Chains only."""
         if simulated is not None and self.eagle3_tree_width > 1:
             raise ValueError("simulated acceptance is defined for chains only: use eagle3_tree_width=1")
         if policy.k_max > self.eagle3_draft_max:
             raise ValueError(f"a policy drafting up to {policy.k_max} needs eagle3_draft_max >= {policy.k_max}")
         policy.graph_rebuilds = self._policy.graph_rebuilds
         self._policy = self._engine.policy = policy
-        self._engine.simulated, self._engine.stats = simulated, stats
+        self._engine.simulated, self._engine.stats, self._engine.fallback = simulated, stats, fallback
         if simulated is not None:
             self._engine.ngram = None  # simulated acceptance is the head's; committed text is meaningless
 
