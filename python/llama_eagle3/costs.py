@@ -19,6 +19,10 @@ mean's spike in o(4) kept auto on chains of 1 at acceptance 0.95 in the simulate
 So a chain of k drafts costs C(k) = T(k + 1) + k * c + o(k + 1) per round and commits its
 tokens at E(k) / (C(k) + E(k) * u).
 
+A drafter priced per proposal (per_proposal: DFlash, dflash.py, drafts its whole block in one head
+decode) has c measured per proposal instead of per drafted token: C(k) = T(k + 1) + c + o(k + 1)
+for every k > 0 (c then also holds the catch-up of the rows accepted last round, as a step's does).
+
 Start-up calibration (calibration.py) measures T(n) and c on an empty context, where they
 come out lower than mid-generation; such "provisional" samples stand only until the first
 sample of the same shape from a generation, which replaces them. T(n) of a row count never
@@ -67,7 +71,8 @@ class RecentMedian:
 
 
 class CostTable:
-    def __init__(self) -> None:
+    def __init__(self, per_proposal: bool = False) -> None:
+        self.per_proposal = per_proposal        # c is one proposal's cost whatever its length (DFlash)
         self._t: dict[int, deque] = {}           # rows -> recent decode seconds
         self._t_median: dict[int, float] = {}    # cached until the next sample of that row count
         self._provisional: set[int] = set()      # row counts whose samples are calibration's
@@ -136,7 +141,8 @@ class CostTable:
     # ---- the drafter's step, a round's overhead, the consumer ---------------------------
 
     def add_step(self, seconds: float, provisional: bool = False) -> None:
-        """One draft step (seconds per drafted token). Calibration's stands until a generation's."""
+        """One draft step (seconds per drafted token; per_proposal: per proposal). Calibration's
+        stands until a generation's."""
         if self._step_provisional and not provisional:
             self._step = RecentMedian()
         self._step.add(seconds)
@@ -165,15 +171,22 @@ class CostTable:
     def consumer(self) -> float:
         return self._consumer.value or 0.0
 
+    def draft_cost(self, k: int) -> float:
+        """Drafting k tokens: k * c, or c per proposal (per_proposal; 0 for k = 0)."""
+        c = self.step or 0.0
+        return (c if k > 0 else 0.0) if self.per_proposal else k * c
+
     def round_cost(self, k: int) -> Optional[float]:
-        """C(k) = T(k + 1) + k * c + o(k + 1); None while T(k + 1) (or c, for k > 0) is unknown."""
+        """C(k) = T(k + 1) + k * c + o(k + 1) (per_proposal: c instead of k * c); None while
+        T(k + 1) (or c, for k > 0) is unknown."""
         t = self.t(k + 1)
         if t is None or (k > 0 and self.step is None):
             return None
-        return t + k * (self.step or 0.0) + self.overhead(k + 1)
+        return t + self.draft_cost(k) + self.overhead(k + 1)
 
     def snapshot(self) -> dict:
         return {"decode_ms": {n: round(1e3 * self.median(n), 3) for n in self.rows()},
                 "draft_step_ms": None if self.step is None else round(1e3 * self.step, 3),
+                **({"draft_priced_per": "proposal"} if self.per_proposal else {}),
                 "round_overhead_ms": {n: round(1e3 * (e.value or 0.0), 3) for n, e in sorted(self._overhead.items())},
                 "consumer_ms_per_token": round(1e3 * self.consumer, 3)}

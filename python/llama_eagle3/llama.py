@@ -16,6 +16,7 @@ from typing import Generator, Optional, Sequence, Union
 from ._native import core, llama_cpp
 from .calibration import calibrate
 from .capture import CaptureMode, FeatureCapture, context_address
+from .dflash import DFlashDrafter, check_dflash_gguf, head_architecture
 from .engine import Engine
 from .fallback import Fallback
 from .hub import cached_repo_file, offline, resolve_head
@@ -138,24 +139,44 @@ class Llama(llama_cpp.Llama):
                           n_vocab=self._n_vocab, source=self.model_path)
 
     def _attach_head(self, path: Path, capture_mode: CaptureMode) -> None:
+        """The drafter the head GGUF's general.architecture names: `eagle3` (proposer.py) or `dflash`
+        (dflash.py), every input checked first (llama.cpp aborts the process on a failed assert)."""
         target = self._target_info()
+        dflash = head_architecture(path) == "dflash"
         try:
-            head = check_head_gguf(path, target)
+            if dflash:
+                if self.eagle3_tree_width > 1:
+                    raise ValueError(f"DFlash head {path}: eagle3_tree_width={self.eagle3_tree_width}, but a DFlash "
+                                     f"head drafts chains (one block per round) only: use eagle3_tree_width=1")
+                dflash_config = check_dflash_gguf(path, target, self.eagle3_draft_max)
+                layer_ids = list(dflash_config.target_layers)
+            else:
+                head = check_head_gguf(path, target)
+                layer_ids = list(head.config.target_layers)
         except ConversionError as e:
-            raise ValueError(f"EAGLE-3 head {path} cannot be used with {self.model_path}: {e}") from None
+            raise ValueError(f"{'DFlash' if dflash else 'EAGLE-3'} head {path} cannot be used with "
+                             f"{self.model_path}: {e}") from None
         if self._is_recurrent or self._is_hybrid:
             warnings.warn(f"{target.arch} is a recurrent/hybrid model: its state cannot be rolled back per token, "
                           f"so speculation is off and generation is plain", stacklevel=3)
             return
-        capture = FeatureCapture(target.arch, head.config.target_layers, target.n_embd, target.n_layer, capture_mode)
+        capture = FeatureCapture(target.arch, layer_ids, target.n_embd, target.n_layer, capture_mode)
         capture.attach_to(self, n_seq_max=self.eagle3_tree_nodes if self.eagle3_tree_width > 1 else 1)
-        ctx = context_address(self._ctx.ctx)
-        runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,
-                                 self.context_params.n_threads_batch, int(self.model_params.n_gpu_layers),
-                                 [] if head.d2t is None else [int(x) for x in head.d2t],
-                                 tree_width_max=self.eagle3_tree_width,
-                                 tree_cells_max=self.eagle3_tree_width * self.eagle3_draft_max)
-        drafter = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
+        if dflash:
+            # the target's context (ctx_other) lends its token embedding / output matrix: made after
+            # attach_to, which may have made the target's context again
+            drafter = DFlashDrafter(path, dflash_config, self._ctx.ctx, target.n_embd, self._n_ctx, self.n_batch,
+                                    self.context_params.n_threads, self.context_params.n_threads_batch,
+                                    int(self.model_params.n_gpu_layers), catch_up_rows=self.n_batch)
+            self._policy.costs.per_proposal = True  # one block decode per proposal, whatever its length
+        else:
+            ctx = context_address(self._ctx.ctx)
+            runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,
+                                     self.context_params.n_threads_batch, int(self.model_params.n_gpu_layers),
+                                     [] if head.d2t is None else [int(x) for x in head.d2t],
+                                     tree_width_max=self.eagle3_tree_width,
+                                     tree_cells_max=self.eagle3_tree_width * self.eagle3_draft_max)
+            drafter = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(drafter.close)  # LIFO: the head goes before the target context
         engine = Engine(self, drafter, capture, self._policy, self.eagle3_draft_max, self.eagle3_p_min,
                         self.eagle3_tree_width, self.eagle3_tree_nodes, ngram=self.eagle3_ngram)

@@ -6,6 +6,9 @@ A round that drafts k tokens commits E(k) tokens on average and costs C(k) (cost
     C(k) = T(k + 1) + k * c + o(k + 1)                   T(n): target decode of n rows, c: one head step,
                                                          o(n): the rest of a round of n verify rows
 
+(a drafter priced per proposal, costs.per_proposal: a DFlash head's block of any length is one head
+decode, so C(k) = T(k + 1) + c + o(k + 1) with c measured per proposal)
+
 and the policy drafts argmax_k E(k) / (C(k) + E(k) * u) over 0..k_max (u: the consumer's time per
 token); k = 0 is plain decoding. Every input is measured in this process, on this machine and
 backend: T(n) from the engine's own decodes (the median of the last 32 of each row count: a
@@ -201,13 +204,18 @@ class DraftPolicy:
 
     def observe_calibration_step(self, seconds: float) -> None:
         """A start-up head step (calibration.py): from an empty head context with nothing to catch
-        up, about 0.5 ms on this project's CPU against 1.3-1.6 ms per step in generation. It
-        stands until the first draft of a generation, which replaces it."""
+        up, about 0.5 ms on this project's CPU against 1.3-1.6 ms per step in generation (per
+        proposal with costs.per_proposal). It stands until the first draft of a generation, which
+        replaces it."""
         self.costs.add_step(seconds, provisional=True)
 
     def observe_draft(self, steps: int, seconds: float) -> None:
+        """A proposal of `steps` drafts took `seconds` (costs.per_proposal: one proposal, whatever
+        its length, even none: its block decode ran)."""
         self._decision = None
-        if steps > 0:
+        if self.costs.per_proposal:
+            self.costs.add_step(seconds)
+        elif steps > 0:
             self.costs.add_step(seconds / steps)
 
     def observe_overhead(self, rows: int, seconds: float) -> None:
@@ -301,7 +309,7 @@ class DraftPolicy:
         slower than a chain of k_max. Trees are not even tried where this loses to a chain."""
         t = self.cost(self.tree_nodes + 1)
         c = self.costs.step
-        return None if t is None or c is None else (self.k_max + 1) / (t + self.k_max * c)
+        return None if t is None or c is None else (self.k_max + 1) / (t + self.costs.draft_cost(self.k_max))
 
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed

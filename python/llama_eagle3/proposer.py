@@ -38,6 +38,8 @@ from .tree import DraftTree
 
 
 class Eagle3Proposer:
+    name = "eagle3"  # a round's source in speculative_stats()["drafters"]
+
     def __init__(self, runner: "core.HeadRunner", catch_up_rows: int):
         self.runner = runner
         self.catch_up_rows = catch_up_rows  # pending rows that trigger an eager head decode (long prompts)

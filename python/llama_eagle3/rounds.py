@@ -39,7 +39,7 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
     drafts: list[int] = []
     probe: list[int] = []  # an unverified one-token draft while the policy has speculation off
     draft_seconds = 0.0
-    source = "eagle3"
+    source = getattr(drafter, "name", "eagle3")  # the head's drafter: "eagle3" or "dflash"
     capture = engine.draft_max > 0  # False: nothing reads this decode's features (OFF_WINDOW)
     if len(pending) == 1 and engine.draft_max > 0 and drafter.feature_end == n0 and n0 > 0:
         room = engine.ctx_limit - n0 - 1  # the verify batch must fit in the context
@@ -65,7 +65,7 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
             capture = policy.plain_steps_to_probe() < OFF_WINDOW
     committed, first_pos, decode_seconds = verify_chain(engine, pending, drafts, capture, source)
     n_accepted = len(committed) - 1
-    if drafts and source == "eagle3":
+    if drafts and source != "ngram":
         policy.observe_round(len(drafts), n_accepted)
     elif not drafts and len(pending) == 1:
         stats.record_round(0, 0, captured=capture)
@@ -77,7 +77,7 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
             drafter.forget(OFF_WINDOW)
     if len(pending) == 1:
         policy.observe_overhead(len(drafts) + 1, time.perf_counter() - t_round - decode_seconds - draft_seconds)
-        if policy.adaptive and (source == "eagle3" and drafts or probe):
+        if policy.adaptive and (source != "ngram" and drafts or probe):
             engine.fallback.consider(policy)
     return committed, first_pos
 
