@@ -69,3 +69,22 @@ def test_copies_are_verified_losslessly(targets, heads, temperature):
     assert s["policy"]["ngram_proposals"] > 0 and s["policy"]["ngram_outcomes"] > 0
     if temperature == 0.0:
         assert s["drafters"]["ngram"]["rounds"] > 0, s
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_ngram_alone_without_a_head(targets, temperature):
+    """eagle3_head="ngram": no head, no capture; llama-cpp-python's own loop with n-gram copies
+    verified where they pay; output is plain's (greedy; sampled, seed for seed)."""
+    plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=512, verbose=False, flash_attn=True)
+    spec = Llama(str(targets["llama"]), n_ctx=512, verbose=False, eagle3_head="ngram")
+    assert spec.is_speculative and spec._engine.fallback.active
+    for p in ["the cat sat", "a b c a b c a b", "once more we"]:
+        want = plain(p, max_tokens=120, temperature=temperature, seed=3)["choices"][0]["text"]
+        assert spec(p, max_tokens=120, temperature=temperature, seed=3)["choices"][0]["text"] == want
+    s = spec.speculative_stats()
+    assert set(s["drafters"]) <= {"ngram"} and s["policy"]["ngram_proposals"] > 0, s
+    assert s["policy"]["decode_ms"].keys() >= {1, 2, 3, 4, 5}  # every verify shape calibrated
+    if temperature == 0.0:
+        assert s["drafters"]["ngram"]["rounds"] > 0 and s["fallback_steps"] > 0, s
+    with pytest.raises(ValueError, match="eagle3_draft_max >= 1"):
+        Llama(str(targets["llama"]), n_ctx=512, verbose=False, eagle3_head="ngram", eagle3_draft_max=0)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
-def calibrate(engine: "Engine", warmup: Optional[int] = None, repeats: int = 3) -> None:
+def calibrate(engine: "Engine", warmup: Optional[int] = None, repeats: int = 3, rows_max: int = 0) -> None:
     """Measures, for the engine's draft policy, the target's decode time T(n) for every row count the
     policy compares (1..k_max + 1: plain decoding and every chain verify; a tree verify) and the
     head's step time, on throwaway positions of the empty context; both KV caches are emptied
@@ -32,7 +32,8 @@ def calibrate(engine: "Engine", warmup: Optional[int] = None, repeats: int = 3) 
     if warmup is None:
         warmup = 2 if policy.graph_rebuilds else 1
     limit = min(llm.n_batch, llm.context_params.n_ubatch, llm._n_ctx)
-    rows = sorted({n for n in (*range(1, engine.draft_max + 2), engine.tree_nodes + 1) if n <= limit})
+    rows = sorted({n for n in (*range(1, max(engine.draft_max + 1, rows_max) + 1), engine.tree_nodes + 1)
+                   if n <= limit})
     tokens = [i % llm._n_vocab for i in range(1, rows[-1] + 1)]
     # a tree verify is timed as one: its sequences (one per leaf) and masks cost more than
     # as many plain rows (on an H200, 4.2 ms against 2.0 for 13 rows)
@@ -49,7 +50,7 @@ def calibrate(engine: "Engine", warmup: Optional[int] = None, repeats: int = 3) 
             if i >= warmup:
                 policy.observe_calibration(n, time.perf_counter() - t0)
             engine.forget_from(0)
-    for i in range(warmup + repeats):
+    for i in range(warmup + repeats if engine.draft_max > 0 else 0):  # (no head: no step to time)
         step = engine.drafter.time_step(engine.draft_max)
         if i >= warmup:
             policy.observe_calibration_step(step)

@@ -46,12 +46,14 @@ if TYPE_CHECKING:
 
 class Engine:
     def __init__(self, llm: "Llama", drafter: Eagle3Proposer, capture: FeatureCapture, policy: DraftPolicy,
-                 draft_max: int, p_min: float, tree_width: int, tree_nodes: int, ngram: bool = True):
+                 draft_max: int, p_min: float, tree_width: int, tree_nodes: int, ngram_max: int = 0):
         self.llm, self.drafter, self.capture, self.policy = llm, drafter, capture, policy
         self.draft_max, self.p_min, self.tree_width, self.tree_nodes = draft_max, p_min, tree_width, tree_nodes
         self.stats = SpeculativeStats()
-        self.fallback = Fallback()
-        self.ngram: Optional[NgramDrafter] = NgramDrafter(draft_max) if ngram and draft_max > 0 else None
+        self.ngram: Optional[NgramDrafter] = NgramDrafter(ngram_max) if ngram_max > 0 else None
+        # without a head (draft_max 0: nohead.py) nothing but n-gram copies can draft: the plain
+        # fallback's loop, which verifies those where they pay, runs for good
+        self.fallback = Fallback() if draft_max > 0 else Fallback(first_stretch=1 << 62, left=1 << 62)
         self.simulated: Optional[SimulatedAcceptance] = None  # benchmark only (Llama._bench_configure)
         self.lock = threading.Lock()  # rounds and state changes of one generation at a time
         self.generation: Optional[object] = None

@@ -18,6 +18,7 @@ from .calibration import calibrate
 from .capture import CaptureMode, FeatureCapture, context_address
 from .dflash import DFlashDrafter, check_dflash_gguf, head_architecture
 from .engine import Engine
+from .nohead import NGRAM_ONLY, NoCapture, NoHeadDrafter
 from .fallback import Fallback
 from .hub import cached_repo_file, offline, resolve_head
 from .policy import DraftPolicy
@@ -94,8 +95,10 @@ class Llama(llama_cpp.Llama):
                 raise ValueError("eagle3_head and draft_model cannot be combined")
             if not Path(eagle3_head).expanduser().is_file() and not Path(model_path).is_file():
                 raise ValueError(f"Model path does not exist: {model_path}")  # llama_cpp.Llama's message
-            # a GGUF as is; an HF checkpoint directory or a hub repo id: converted once, cached (hub.py)
-            head_path = resolve_head(eagle3_head, model_path)
+            # "ngram": n-gram copies without a head (nohead.py, unless a file of that name exists); a
+            # GGUF as is; an HF checkpoint directory or a hub repo id: converted once, cached (hub.py)
+            ngram_only = eagle3_head == NGRAM_ONLY and not Path(eagle3_head).exists()
+            head_path = NGRAM_ONLY if ngram_only else resolve_head(eagle3_head, model_path)
             # llama.cpp's attention without flash attention gives different results for a token
             # decoded alone and the same token inside a batch (measured on CPU: up to 1.7 in a
             # logit), so no batched verification could reproduce plain decoding bit for bit.
@@ -114,7 +117,10 @@ class Llama(llama_cpp.Llama):
                                  + (f" and eagle3_tree_nodes={self.eagle3_tree_nodes}" if eagle3_tree_width > 1 else "")
                                  + f" (one verify decode holds the last token and every draft); got n_batch="
                                  f"{self.n_batch}, n_ubatch={self.context_params.n_ubatch}")
-            self._attach_head(head_path, eagle3_capture)
+            if head_path == NGRAM_ONLY:
+                self._attach_ngram_only()
+            else:
+                self._attach_head(head_path, eagle3_capture)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: Optional[str], additional_files: Optional[list] = None,
@@ -179,7 +185,8 @@ class Llama(llama_cpp.Llama):
             drafter = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         self._stack.callback(drafter.close)  # LIFO: the head goes before the target context
         engine = Engine(self, drafter, capture, self._policy, self.eagle3_draft_max, self.eagle3_p_min,
-                        self.eagle3_tree_width, self.eagle3_tree_nodes, ngram=self.eagle3_ngram)
+                        self.eagle3_tree_width, self.eagle3_tree_nodes,
+                        ngram_max=self.eagle3_draft_max if self.eagle3_ngram else 0)
         if self.eagle3_tree_width > 1:
             engine.tree_batch = internals.LlamaBatch(n_tokens=self.eagle3_tree_nodes + 1, embd=0,
                                                      n_seq_max=self.eagle3_tree_nodes, verbose=False)
@@ -193,6 +200,19 @@ class Llama(llama_cpp.Llama):
             super().close()
 
     # ---- public additions -----------------------------------------------------------
+
+    def _attach_ngram_only(self) -> None:
+        """eagle3_head="ngram": n-gram copies of the context, no head (nohead.py)."""
+        if self.eagle3_draft_max == 0:
+            raise ValueError('eagle3_head="ngram" drafts up to eagle3_draft_max tokens: use eagle3_draft_max >= 1')
+        if self._is_recurrent or self._is_hybrid:
+            warnings.warn(f"{self.metadata.get('general.architecture')} is a recurrent/hybrid model: its state cannot "
+                          f"be rolled back per token, so speculation is off and generation is plain", stacklevel=3)
+            return
+        self._policy = DraftPolicy(0, adaptive=self._policy.adaptive, graph_rebuilds=self._policy.graph_rebuilds)
+        self._engine = Engine(self, NoHeadDrafter(), NoCapture(), self._policy, 0, self.eagle3_p_min, 1, 0,
+                              ngram_max=self.eagle3_draft_max)
+        calibrate(self._engine, rows_max=self.eagle3_draft_max + 1)
 
     @property
     def is_speculative(self) -> bool:

@@ -387,7 +387,7 @@ class DraftPolicy:
         at the measured costs, whole rounds priced: None while a cost is unknown, inf when no
         acceptance would do."""
         plain = self.expected_rate(0)
-        if plain is None or any(self.costs.round_cost(k) is None for k in range(1, self.k_max + 1)):
+        if self.k_max == 0 or plain is None or any(self.costs.round_cost(k) is None for k in range(1, self.k_max + 1)):
             return None
 
         def gain(a: float) -> float:  # best chain rate / plain rate at acceptance a
@@ -406,7 +406,7 @@ class DraftPolicy:
 
     def first_outcomes(self) -> int:
         """First-position outcomes (verify rounds and probes) since construction or recheck()."""
-        return self._alpha[0].count
+        return self._alpha[0].count if self._alpha else 0
 
     def pays_nowhere(self, min_outcomes: int) -> bool:
         """True when no chain can beat plain decoding even at an optimistic acceptance: drafts
@@ -491,4 +491,4 @@ class DraftPolicy:
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
                 "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
                 "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
-                "alpha_upper": round(self.alpha_upper(), 3), "breakeven_alpha": breakeven, **self.costs.snapshot()}
+                "alpha_upper": round(self.alpha_upper(), 3) if self.k_max else None, "breakeven_alpha": breakeven, **self.costs.snapshot()}
