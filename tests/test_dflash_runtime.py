@@ -207,6 +207,27 @@ def test_refusals(targets, dflash_heads, tmp_path):
         assert "DFlash head" in str(e.value)
 
 
+@pytest.mark.parametrize("meta, tensor, message", [
+    ({"dflash.attention.causal": True}, None, "block-causal"),
+    ({}, "selector_hidden.weight", "DFlash2"),
+    ({}, "markov_w1.weight", "DSpark"),
+])
+def test_other_dflash_variants_refused(targets, dflash_heads, monkeypatch, meta, tensor, message):
+    """Files llama.cpp's own converter writes for DFlash2 / DSpark / block-causal heads draft otherwise."""
+    import llama_eagle3.dflash as dflash_module
+
+    real = dflash_module.read_gguf_header
+
+    def patched(path):
+        h = real(path)
+        extra = {} if tensor is None else {tensor: h.tensors["fc.weight"]}
+        return dataclasses.replace(h, meta={**h.meta, **meta}, tensors={**h.tensors, **extra})
+
+    monkeypatch.setattr(dflash_module, "read_gguf_header", patched)
+    with pytest.raises(ValueError, match=message):
+        spec_llm(targets["llama"], dflash_heads["llama"][1])
+
+
 def test_policy_prices_a_proposal_once():
     eagle, dflash = DraftPolicy(8), DraftPolicy(8, costs=CostTable(per_proposal=True))
     for p in (eagle, dflash):

@@ -59,7 +59,14 @@ def check_dflash_gguf(path: Path, target: TargetInfo, draft_max: int) -> DFlashC
     """Raises ConversionError naming what makes the file unusable with this target (keys, tensors,
     taps, width, vocabulary, block size) before llama.cpp sees it: its failed asserts abort."""
     header = read_gguf_header(Path(path))
-    tensors = header.tensors
+    tensors, meta = header.tensors, header.meta
+    # variants whose drafting differs (llama.cpp's convert_hf_to_gguf writes them; ours does not)
+    for what, found in (("DFlash2 (a selector lattice, not logits)", "selector_hidden.weight" in tensors),
+                        ("DSpark (Markov head, anchor-first blocks)", "markov_w1.weight" in tensors),
+                        ("a DeepSeek-V4 DSpark backbone", f"{ARCH}.hyper_connection.count" in meta),
+                        ("block-causal attention", meta.get(f"{ARCH}.attention.causal") is True)):
+        if found:
+            raise ConversionError(f"{path}: {what} is not supported by this runtime (DFlash heads only)")
     d2t_t = tensors.get("d2t")
     c = read_dflash_config(header.meta, header.path, d2t_t.ne[0] if d2t_t is not None else 0)
     check_against_target(c, target)  # width, vocabulary size, taps inside 1..n_layer-1

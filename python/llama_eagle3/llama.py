@@ -43,7 +43,8 @@ class Llama(llama_cpp.Llama):
     """A drop-in llama_cpp.Llama; with eagle3_head it decodes speculatively and losslessly.
 
     Args (besides every llama_cpp.Llama argument):
-        eagle3_head: an EAGLE-3 head: a GGUF (convert-eagle3-gguf makes one), an HF head checkpoint
+        eagle3_head: an EAGLE-3 or DFlash head (docs/dflash.md; the GGUF's general.architecture
+            says which): a GGUF (convert-eagle3-gguf makes one), an HF head checkpoint
             directory, or a Hugging Face hub repo id "org/name[@revision]" (downloaded with
             huggingface_hub, HF_HUB_OFFLINE honoured); the last two are converted against
             model_path once and cached (llama_eagle3.hub).
@@ -252,6 +253,7 @@ class Llama(llama_cpp.Llama):
         if policy.k_max > self.eagle3_draft_max:
             raise ValueError(f"a policy drafting up to {policy.k_max} needs eagle3_draft_max >= {policy.k_max}")
         policy.graph_rebuilds = self._policy.graph_rebuilds
+        policy.costs.per_proposal = self._policy.costs.per_proposal  # a DFlash head's proposals
         self._policy = self._engine.policy = policy
         self._engine.simulated, self._engine.stats, self._engine.fallback = simulated, stats, fallback
         if simulated is not None:
