@@ -62,6 +62,10 @@ def test_copies_are_verified_losslessly(targets, heads, temperature):
     plain llama-cpp-python's (greedy; sampled, seed for seed)."""
     plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=512, verbose=False, flash_attn=True)
     spec = Llama(str(targets["llama"]), n_ctx=512, verbose=False, eagle3_head=str(heads["llama"]))
+    for n in range(1, 6):  # bandwidth-bound costs (not this machine's timings): copies pay where text repeats
+        spec._policy.costs.replace(n, [6.0e-3 + 0.1e-3 * n])
+    spec._policy.observe_decode = lambda n, seconds, provisional=False: None
+    spec._policy.observe_overhead = lambda rows, seconds: None
     for p in ["the cat sat", "in the beginning", "once more we", "a b c a b c a b"]:
         want = plain(p, max_tokens=120, temperature=temperature, seed=3)["choices"][0]["text"]
         assert spec(p, max_tokens=120, temperature=temperature, seed=3)["choices"][0]["text"] == want
@@ -78,13 +82,17 @@ def test_ngram_alone_without_a_head(targets, temperature):
     plain = llama_cpp.Llama(str(targets["llama"]), n_ctx=512, verbose=False, flash_attn=True)
     spec = Llama(str(targets["llama"]), n_ctx=512, verbose=False, eagle3_head="ngram")
     assert spec.is_speculative and spec._engine.fallback.active
+    assert spec._policy.costs.rows() == [1, 2, 3, 4, 5]  # every verify shape calibrated
+    # bandwidth-bound costs (not this machine's timings): copies pay wherever the text repeats
+    for n in range(1, 6):
+        spec._policy.costs.replace(n, [6.0e-3 + 0.1e-3 * n])
+    spec._policy.observe_decode = lambda n, seconds, provisional=False: None
+    spec._policy.observe_overhead = lambda rows, seconds: None
     for p in ["the cat sat", "a b c a b c a b", "once more we"]:
         want = plain(p, max_tokens=120, temperature=temperature, seed=3)["choices"][0]["text"]
         assert spec(p, max_tokens=120, temperature=temperature, seed=3)["choices"][0]["text"] == want
     s = spec.speculative_stats()
-    assert set(s["drafters"]) <= {"ngram"} and s["policy"]["ngram_proposals"] > 0, s
-    assert s["policy"]["decode_ms"].keys() >= {1, 2, 3, 4, 5}  # every verify shape calibrated
-    if temperature == 0.0:
-        assert s["drafters"]["ngram"]["rounds"] > 0 and s["fallback_steps"] > 0, s
+    assert set(s["drafters"]) == {"ngram"} and s["policy"]["ngram_proposals"] > 0, s
+    assert s["drafters"]["ngram"]["rounds"] > 0 and s["fallback_steps"] > 0, s
     with pytest.raises(ValueError, match="eagle3_draft_max >= 1"):
         Llama(str(targets["llama"]), n_ctx=512, verbose=False, eagle3_head="ngram", eagle3_draft_max=0)
