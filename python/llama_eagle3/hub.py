@@ -285,7 +285,7 @@ def convert_cached(checkpoint: Path, source: str, label: str, target: Union[str,
 
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(f.stat().st_size for f in Path(checkpoint).glob("*") if f.suffix in (".safetensors", ".bin"))
-    log(f"converting EAGLE-3 head {label} ({size / 1e9:.2f} GB of weights) against {Path(target).name} "
+    log(f"converting head {label} ({size / 1e9:.2f} GB of weights) against {Path(target).name} "
         f"to {outtype}: once, cached as {out}")
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}.gguf")
     t0 = time.perf_counter()
