@@ -72,7 +72,7 @@ def test_hub_head_drafts_equals_plain_and_converts_once(offline, targets, capsys
     spec = Llama(target, eagle3_head=HEAD_REPO, **KW, **SPEC)
     assert spec.is_speculative and hub.conversions == before + 1
     err = capsys.readouterr().err  # the one-time conversion is announced, with progress
-    assert "converting EAGLE-3 head tiny-org/tiny-eagle3-head" in err and "writing blk.0.ffn_up.weight" in err
+    assert "converting head tiny-org/tiny-eagle3-head" in err and "writing blk.0.ffn_up.weight" in err
     text = greedy(spec)
     assert spec.speculative_stats()["rounds"] > 0
     plain = llama_cpp.Llama(target, flash_attn=True, **KW)
