@@ -79,7 +79,7 @@ def test_engine_hands_generation_to_plain_decoding_and_output_is_plain(targets, 
             spec._policy.observe_decode(n, sec)
     observe = spec._policy.observe_decode  # this machine's timings replaced by CPU's
     spec._policy.observe_decode = lambda n, seconds: observe(n, CPU.get(n, CPU[2] + (n - 2) * (CPU[5] - CPU[2]) / 3))
-    spec._policy.observe_draft = lambda steps, seconds: None
+    spec._policy.observe_draft = lambda steps, seconds, asked=0: None
     spec._policy.observe_overhead = lambda rows, seconds: None
     spec._policy.costs.add_step(1.1e-3)
     engine.fallback = Fallback(first_stretch=24, max_stretch=48)

@@ -155,7 +155,7 @@ def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
             spec._policy.observe_decode(n, sec)
     observe = spec._policy.observe_decode  # the machine's timings replaced by CPU's (interpolated)
     spec._policy.observe_decode = lambda n, seconds: observe(n, CPU.get(n, CPU[2] + (n - 2) * (CPU[5] - CPU[2]) / 3))
-    spec._policy.observe_draft = lambda steps, seconds: None
+    spec._policy.observe_draft = lambda steps, seconds, asked=0: None
     probe = spec._policy.observe_probe  # a probe's time sets the gap to the next: fixed too
     spec._policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
     spec._policy.costs.add_step(1.1e-3)

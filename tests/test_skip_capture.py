@@ -52,7 +52,7 @@ def fix_costs(spec: Llama, gap: int = GAP) -> None:
             policy.observe_decode(n, cpu(n))
     observe, probe = policy.observe_decode, policy.observe_probe
     policy.observe_decode = lambda n, seconds: observe(n, cpu(n))
-    policy.observe_draft = lambda steps, seconds: None
+    policy.observe_draft = lambda steps, seconds, asked=0: None
     policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
     policy.costs.add_step(1.1e-3)
     policy.probe_every = policy.hopeless_probe_every = policy._probe_gap = gap

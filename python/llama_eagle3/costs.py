@@ -20,8 +20,10 @@ So a chain of k drafts costs C(k) = T(k + 1) + k * c + o(k + 1) per round and co
 tokens at E(k) / (C(k) + E(k) * u).
 
 A drafter priced per proposal (per_proposal: DFlash, dflash.py, drafts its whole block in one head
-decode) has c measured per proposal instead of per drafted token: C(k) = T(k + 1) + c + o(k + 1)
-for every k > 0 (c then also holds the catch-up of the rows accepted last round, as a step's does).
+decode) has its cost measured per proposal instead of per drafted token: C(k) = T(k + 1) + c(k) +
+o(k + 1), c(k) the median of recent proposals of k drafts, interpolated between measured lengths
+(one block decode is no fixed price on a CPU: at SmolLM2's shape 2.5 ms for 4 drafts, 9.0 ms for
+16), and before any length is measured the median proposal of any length (step).
 
 Start-up calibration (calibration.py) measures T(n) and c on an empty context, where they
 come out lower than mid-generation; such "provisional" samples stand only until the first
@@ -79,6 +81,7 @@ class CostTable:
         self._step = RecentMedian()
         self._step_provisional = False
         self._overhead: dict[int, RecentMedian] = {}
+        self._proposal: dict[int, RecentMedian] = {}  # per_proposal: drafts asked -> seconds of a proposal
         self._consumer = Ema(0.95)
 
     # ---- T(n) ---------------------------------------------------------------------------
@@ -171,10 +174,26 @@ class CostTable:
     def consumer(self) -> float:
         return self._consumer.value or 0.0
 
+    def add_proposal(self, k: int, seconds: float) -> None:
+        """per_proposal: one proposal asked for k drafts took `seconds` (its block decode included)."""
+        self._proposal.setdefault(k, RecentMedian()).add(seconds)
+
     def draft_cost(self, k: int) -> float:
-        """Drafting k tokens: k * c, or c per proposal (per_proposal; 0 for k = 0)."""
-        c = self.step or 0.0
-        return (c if k > 0 else 0.0) if self.per_proposal else k * c
+        """Drafting k tokens: k * c, or per_proposal c(k) (module docstring); 0 for k = 0."""
+        if k == 0:
+            return 0.0
+        if not self.per_proposal:
+            return k * (self.step or 0.0)
+        known = sorted((n, m.value) for n, m in self._proposal.items() if m.value is not None)
+        exact = dict(known).get(k)
+        if exact is not None:
+            return exact
+        if len(known) < 2:
+            return self.step or 0.0
+        lo = [q for q in known if q[0] < k]
+        hi = [q for q in known if q[0] > k]
+        (n0, c0), (n1, c1) = (lo[-1], hi[0]) if lo and hi else (known[-2], known[-1]) if lo else (known[0], known[1])
+        return max(c0 + (c1 - c0) * (k - n0) / (n1 - n0), 0.0)
 
     def round_cost(self, k: int) -> Optional[float]:
         """C(k) = T(k + 1) + k * c + o(k + 1) (per_proposal: c instead of k * c); None while
@@ -187,6 +206,8 @@ class CostTable:
     def snapshot(self) -> dict:
         return {"decode_ms": {n: round(1e3 * self.median(n), 3) for n in self.rows()},
                 "draft_step_ms": None if self.step is None else round(1e3 * self.step, 3),
-                **({"draft_priced_per": "proposal"} if self.per_proposal else {}),
+                **({"draft_priced_per": "proposal",
+                    "proposal_ms": {n: round(1e3 * (m.value or 0.0), 3) for n, m in sorted(self._proposal.items())}}
+                   if self.per_proposal else {}),
                 "round_overhead_ms": {n: round(1e3 * (e.value or 0.0), 3) for n, e in sorted(self._overhead.items())},
                 "consumer_ms_per_token": round(1e3 * self.consumer, 3)}

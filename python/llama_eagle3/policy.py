@@ -209,12 +209,14 @@ class DraftPolicy:
         replaces it."""
         self.costs.add_step(seconds, provisional=True)
 
-    def observe_draft(self, steps: int, seconds: float) -> None:
-        """A proposal of `steps` drafts took `seconds` (costs.per_proposal: one proposal, whatever
-        its length, even none: its block decode ran)."""
+    def observe_draft(self, steps: int, seconds: float, asked: int = 0) -> None:
+        """A proposal of `steps` drafts took `seconds` (costs.per_proposal: one proposal that asked
+        for `asked` drafts, whatever it returned, even none: its block decode ran)."""
         self._decision = None
         if self.costs.per_proposal:
             self.costs.add_step(seconds)
+            if asked > 0:
+                self.costs.add_proposal(asked, seconds)
         elif steps > 0:
             self.costs.add_step(seconds / steps)
 

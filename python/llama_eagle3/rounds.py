@@ -59,7 +59,7 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
             draft_seconds = time.perf_counter() - t0
             stats.draft_seconds += draft_seconds
             if k > 0 and steady:
-                policy.observe_draft(len(proposed), draft_seconds)
+                policy.observe_draft(len(proposed), draft_seconds, asked=k)
             drafts, probe = (proposed, []) if k > 0 else ([], proposed)
         if k == 0 and policy.adaptive and not tree and not probe:
             capture = policy.plain_steps_to_probe() < OFF_WINDOW
