@@ -22,11 +22,11 @@ from .gguf_io import GgufWeights, write_head_gguf
 from .head import Eagle3Head, check_against_target
 from .layouts import load_hf_head
 from .reference import decode, encode
+from .roundtrip import LIMITS, relative_difference, vocabulary_roundtrip
 from .target import load_target
 
 
 LM_SAMPLE_ROWS = 2048  # draft-vocabulary rows whose logits the reference check computes
-CHUNK_ROWS = 4096      # rows compared at a time by the whole-tensor check
 
 
 class _Loaded:
@@ -70,23 +70,7 @@ def reference_roundtrip(original: Eagle3Head, written: GgufWeights, n: int = 8,
         g = encode(w, head.config, f)
         logits, h = decode(w, head.config, emb, g, pos, lm_head=lm)
         out.append((g, logits, h))
-    return max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)) for a, b in zip(*out))
-
-
-def vocabulary_roundtrip(original: Eagle3Head, written: GgufWeights) -> float:
-    """Max relative difference, per chunk of CHUNK_ROWS rows, of lm_head and embed_tokens (the
-    reference check samples the first and never reads the second); d2t must be identical."""
-    if (original.d2t is None) != (written.d2t is None) or \
-            (original.d2t is not None and not np.array_equal(original.d2t, written.d2t)):
-        raise ConversionError(f"{written.path}: d2t was not written as the checkpoint's absolute ids")
-    worst = 0.0
-    for name in ("lm_head", "embed_tokens"):
-        a = getattr(original, name)
-        for start in range(0, 0 if a is None else a.shape[0], CHUNK_ROWS):
-            rows = np.arange(start, min(start + CHUNK_ROWS, a.shape[0]))
-            x = a[rows[0] : rows[-1] + 1]
-            worst = max(worst, float(np.linalg.norm(x - written.rows(name, rows)) / max(np.linalg.norm(x), 1e-30)))
-    return worst
+    return max(relative_difference(a, b) for a, b in zip(*out))
 
 
 def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", convention: Optional[str] = None,
@@ -111,7 +95,7 @@ def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", c
     written = GgufWeights(outfile)
     log(f"{outfile.stat().st_size / 1e9:.2f} GB written; reading it back for the reference check")
     err = max(reference_roundtrip(head, written), vocabulary_roundtrip(head, written))
-    limit = {"f32": 1e-5, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}[outtype]
+    limit = LIMITS[outtype]
     log(f"reference check ({outtype}): max relative difference {err:.2e} (limit {limit:.0e})")
     if err > limit:
         raise ConversionError(f"{outfile}: the written head deviates from the checkpoint by {err:.2e}")

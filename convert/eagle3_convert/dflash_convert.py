@@ -14,15 +14,10 @@ from .dflash_layouts import load_dflash_head
 from .errors import ConversionError
 from .gguf_io import OutType
 from .reference_dflash import draft_block
+from .roundtrip import LIMITS, relative_difference, vocabulary_roundtrip
 from .target import load_target
 
 LM_SAMPLE_ROWS = 2048  # draft-vocabulary rows whose logits the reference check computes
-CHUNK_ROWS = 4096      # rows compared at a time by the whole-tensor check
-LIMITS = {"f32": 1e-5, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
 
 
 def reference_roundtrip(original: DFlashHead, written: DFlashGgufWeights, n_ctx: int = 8, seed: int = 0) -> float:
@@ -41,22 +36,7 @@ def reference_roundtrip(original: DFlashHead, written: DFlashGgufWeights, n_ctx:
     lm = rng.standard_normal((len(rows), c.hidden_size)) if shared else None
     a = draft_block(original, c, features, ctx_pos, block, p0, lm if shared else original.lm_head[rows])
     b = draft_block(written, written.config, features, ctx_pos, block, p0, lm if shared else written.rows("lm_head", rows))
-    return _rel(a, b)
-
-
-def vocabulary_roundtrip(original: DFlashHead, written: DFlashGgufWeights) -> float:
-    """Worst relative difference, per chunk of CHUNK_ROWS rows, of lm_head and embed_tokens (the
-    reference check samples the first and never reads the second); d2t must be identical."""
-    d = written.d2t
-    if (original.d2t is None) != (d is None) or (d is not None and not np.array_equal(original.d2t, d)):
-        raise ConversionError(f"{written.path}: d2t was not written as the checkpoint's absolute ids")
-    worst = 0.0
-    for name in ("lm_head", "embed_tokens"):
-        a = getattr(original, name)
-        for start in range(0, 0 if a is None else a.shape[0], CHUNK_ROWS):
-            rows = np.arange(start, min(start + CHUNK_ROWS, a.shape[0]))
-            worst = max(worst, _rel(np.asarray(a[rows[0]: rows[-1] + 1]), written.rows(name, rows)))
-    return worst
+    return relative_difference(a, b)
 
 
 def convert_dflash(head_path: Path, target: str, outfile: Path, outtype: OutType = "f16",

@@ -18,13 +18,13 @@ Conventions (the same as Eagle3Head's):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from .errors import ConversionError
-from .head import _all_finite
+from .head import _all_finite, check_attention_config
 
 if TYPE_CHECKING:
     from .target import TargetInfo
@@ -136,19 +136,7 @@ class DFlashHead:
 
 
 def _check_config(c: DFlashConfig) -> None:
-    for f in fields(DFlashConfig):
-        v = getattr(c, f.name)
-        if f.name in ("rms_norm_eps", "mask_token_id") or isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if v <= 0:
-            raise ConversionError(f"config key {f.name} must be positive, got {v}")
-    if not 0 < c.rms_norm_eps < 1:
-        raise ConversionError(f"config key rms_norm_eps must be in (0, 1), got {c.rms_norm_eps}")
-    if c.head_dim % 2:
-        raise ConversionError(f"config key head_dim must be even for RoPE, got {c.head_dim}")
-    if c.num_attention_heads % c.num_key_value_heads:
-        raise ConversionError(f"num_attention_heads ({c.num_attention_heads}) is not a multiple of "
-                              f"num_key_value_heads ({c.num_key_value_heads})")
+    check_attention_config(c, may_be_zero=("mask_token_id",))
     if not c.target_layers or any(int(i) < 1 for i in c.target_layers):
         raise ConversionError(f"target_layers must be layer ids >= 1 (llama.cpp: input of layer), "
                               f"got {list(c.target_layers)}")

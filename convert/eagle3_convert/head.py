@@ -58,6 +58,24 @@ def expected_shapes(c: Eagle3Config) -> dict[str, tuple[int, ...]]:
 _FINITE_CHUNK_ROWS = 4096
 
 
+def check_attention_config(c: Any, may_be_zero: tuple[str, ...] = ()) -> None:
+    """The checks every head's config (a dataclass) needs: numbers positive (but rms_norm_eps and
+    may_be_zero), rms_norm_eps in (0, 1), an even head_dim (RoPE), query heads a multiple of KV heads."""
+    for f in fields(c):
+        v = getattr(c, f.name)
+        if f.name in ("rms_norm_eps", *may_be_zero) or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if v <= 0:
+            raise ConversionError(f"config key {f.name} must be positive, got {v}")
+    if not 0 < c.rms_norm_eps < 1:
+        raise ConversionError(f"config key rms_norm_eps must be in (0, 1), got {c.rms_norm_eps}")
+    if c.head_dim % 2:
+        raise ConversionError(f"config key head_dim must be even for RoPE, got {c.head_dim}")
+    if c.num_attention_heads % c.num_key_value_heads:
+        raise ConversionError(f"num_attention_heads ({c.num_attention_heads}) is not a multiple of "
+                              f"num_key_value_heads ({c.num_key_value_heads})")
+
+
 def _all_finite(t: Any) -> bool:
     """np.isfinite over a tensor a block of rows at a time (a LazyTensor is never read whole)."""
     return all(bool(np.isfinite(t[a : a + _FINITE_CHUNK_ROWS]).all()) for a in range(0, t.shape[0], _FINITE_CHUNK_ROWS))
@@ -90,17 +108,7 @@ class Eagle3Head:
     def validate(self) -> None:
         """Raises ConversionError naming the first inconsistent tensor or key."""
         c = self.config
-        for f in fields(Eagle3Config):
-            v = getattr(c, f.name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and f.name != "rms_norm_eps" and v <= 0:
-                raise ConversionError(f"config key {f.name} must be positive, got {v}")
-        if not 0 < c.rms_norm_eps < 1:
-            raise ConversionError(f"config key rms_norm_eps must be in (0, 1), got {c.rms_norm_eps}")
-        if c.head_dim % 2:
-            raise ConversionError(f"config key head_dim must be even for RoPE, got {c.head_dim}")
-        if c.num_attention_heads % c.num_key_value_heads:
-            raise ConversionError(f"num_attention_heads ({c.num_attention_heads}) is not a multiple of "
-                                  f"num_key_value_heads ({c.num_key_value_heads})")
+        check_attention_config(c)
         if len(c.target_layers) != 3 or any(int(i) < 1 for i in c.target_layers):
             raise ConversionError(f"target_layers must be three layer ids >= 1, got {list(c.target_layers)}")
         for name, shape in self.expected_shapes().items():
