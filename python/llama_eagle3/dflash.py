@@ -38,6 +38,7 @@ from typing import Optional
 import numpy as np
 
 from ._native import llama_cpp
+from .pending import PendingFeatures
 
 from eagle3_convert.dflash_gguf import ARCH, MASK_KEY, _layer_name, read_dflash_config
 from eagle3_convert.dflash_head import (LAYER_TENSORS, OPTIONAL_TOP, TOP_TENSORS, DFlashConfig,
@@ -98,7 +99,7 @@ def check_dflash_gguf(path: Path, target: TargetInfo, draft_max: int) -> DFlashC
     return c
 
 
-class DFlashDrafter:
+class DFlashDrafter(PendingFeatures):
     """The Eagle3Proposer interface (engine.py calls it the same way) over a DFlash head."""
 
     name = "dflash"  # a round's source in speculative_stats()["drafters"]
@@ -135,25 +136,8 @@ class DFlashDrafter:
 
     # ---- state ------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        self.head_start = self.head_n = 0
-        self._pending: list[np.ndarray] = []  # blocks of feature rows [m, row_width]
-        self._n_pending = 0
+    def _clear_kv(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
-
-    @property
-    def feature_end(self) -> int:
-        return self.head_n + self._n_pending
-
-    @property
-    def n_pending(self) -> int:
-        """Context rows the next propose() injects before its block (its catch-up)."""
-        return self._n_pending
-
-    def _pending_rows(self) -> np.ndarray:
-        rows = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending = [rows]
-        return rows
 
     def observe(self, features: np.ndarray, input_ids: np.ndarray) -> None:
         """Target features [m, row_width] of positions [feature_end, feature_end + m) (kept, not
@@ -162,30 +146,9 @@ class DFlashDrafter:
             return
         if features.shape[1] != self.row_width:
             raise ValueError(f"DFlash context rows must be {self.row_width} wide, got {features.shape[1]}")
-        self._pending.append(features)
-        self._n_pending += len(features)
+        self._add_pending(features)
         if self._n_pending > self.catch_up_rows:  # a long prompt: inject now, bounded memory
             self._inject_pending()
-
-    def forget(self, window: int) -> None:
-        """Once 2 * window rows are pending, keeps the last `window` (>= 1) and restarts the head's
-        context at them (so fewer than 2 * window stay pending; most calls do nothing)."""
-        if self._n_pending < 2 * window:
-            return
-        rows = self._pending_rows()[-window:]
-        self._restart(self.feature_end - window)
-        self._pending, self._n_pending = [rows], window
-
-    def skip(self, n: int) -> None:
-        """The target decoded [feature_end, feature_end + n) without capture: restart after them."""
-        self._restart(self.feature_end + n)
-
-    def _restart(self, pos: int) -> None:
-        """The head's context starts over at pos: no pending rows, an empty head KV."""
-        if self.head_n > self.head_start:
-            llama_cpp.llama_memory_clear(self._mem, True)
-        self.head_start = self.head_n = pos
-        self._pending, self._n_pending = [], 0
 
     def truncate(self, m: int) -> int:
         """The target keeps [0, m); returns min(m, feature_end): every kept position from head_start

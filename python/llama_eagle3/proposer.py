@@ -34,36 +34,20 @@ import time
 import numpy as np
 
 from ._native import core
+from .pending import PendingFeatures
 from .tree import DraftTree
 
 
-class Eagle3Proposer:
+class Eagle3Proposer(PendingFeatures):
     name = "eagle3"  # a round's source in speculative_stats()["drafters"]
+
+    def _clear_kv(self) -> None:
+        self.runner.truncate(0)
 
     def __init__(self, runner: "core.HeadRunner", catch_up_rows: int):
         self.runner = runner
         self.catch_up_rows = catch_up_rows  # pending rows that trigger an eager head decode (long prompts)
         self.reset()
-
-    def reset(self) -> None:
-        self.head_start = self.head_n = 0
-        self._pending: list[np.ndarray] = []  # blocks of feature rows [m, 3*Ht]
-        self._n_pending = 0
-        self.runner.truncate(0)
-
-    @property
-    def feature_end(self) -> int:
-        return self.head_n + self._n_pending
-
-    @property
-    def n_pending(self) -> int:
-        """Feature rows the next propose() decodes before drafting (its catch-up)."""
-        return self._n_pending
-
-    def _pending_rows(self) -> np.ndarray:
-        g = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending = [g]
-        return g
 
     def observe(self, features: np.ndarray, input_ids: np.ndarray) -> None:
         """Target features f [m, 3*Ht] of positions [feature_end, feature_end + m) (kept, not copied:
@@ -72,8 +56,7 @@ class Eagle3Proposer:
         input_ids: the target's tokens (at least through position feature_end + m - 1)."""
         if len(features) == 0:
             return
-        self._pending.append(features)
-        self._n_pending += len(features)
+        self._add_pending(features)
         if self._n_pending > self.catch_up_rows:
             # every pending pair but the last has its next token in input_ids
             rows = self._pending_rows()
@@ -83,27 +66,6 @@ class Eagle3Proposer:
             self.head_n += n
             self._pending = [rows[n:]]
             self._n_pending = 1
-
-    def forget(self, window: int) -> None:
-        """Once 2 * window rows are pending, keeps the last `window` (>= 1), drops older ones and the
-        head's KV (so fewer than 2 * window stay pending; most calls do nothing)."""
-        if self._n_pending < 2 * window:
-            return
-        rows = self._pending_rows()[-window:]
-        self._restart(self.feature_end - window)
-        self._pending, self._n_pending = [rows], window
-
-    def skip(self, n: int) -> None:
-        """The target decoded positions [feature_end, feature_end + n) without capturing their
-        features: the head's context restarts after them."""
-        self._restart(self.feature_end + n)
-
-    def _restart(self, pos: int) -> None:
-        """The head's context starts over at pos: no pending rows, an empty head KV."""
-        if self.head_n > self.head_start:  # else the head's KV is empty already
-            self.runner.truncate(0)
-        self.head_start = self.head_n = pos
-        self._pending, self._n_pending = [], 0
 
     def truncate(self, m: int) -> int:
         """The target keeps positions [0, m); returns how many it may keep so that every kept
