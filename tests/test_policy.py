@@ -107,13 +107,13 @@ def test_probes_back_off_where_no_plausible_acceptance_pays():
                                        (GPU, 0.3e-3, 3e-3, False, 64)):
         p = DraftPolicy(4)
         measured(p, t, c, [0.5, 0.5, 0.5, 0.5])
-        assert (p.breakeven_alpha() > p.hopeless_alpha) is hopeless
+        assert (p.breakeven_alpha() > p.probes.hopeless_alpha) is hopeless
         for _ in range(6):
             p.observe_probe(True, probe)    # a run of hits: the adaptive gap falls to 2
-        budget = p._probe_budget()
+        budget = p.probes.budget(p)
         best = max(p.expected_rate(k, p.alpha_upper()) for k in range(1, 5)) / p.expected_rate(0)
-        assert budget == min(max(p.probe_budget, 0.5 * (best - 1)), p.stake_budget_max)
-        assert (budget > p.probe_budget) is (not hopeless)  # (hopeless: no chain gains even then)
+        assert budget == min(max(p.probes.probe_budget, 0.5 * (best - 1)), p.probes.stake_budget_max)
+        assert (budget > p.probes.probe_budget) is (not hopeless)  # (hopeless: no chain gains even then)
         gap = max(2, math.ceil(probe / (budget * t[1])))
         due = [p.probe_due() for _ in range(256)]
         assert abs(sum(due) - 256 // gap) <= 1
@@ -159,7 +159,7 @@ def test_adaptive_engine_is_identical_and_turns_speculation_off(targets, heads):
     probe = spec._policy.observe_probe  # a probe's time sets the gap to the next: fixed too
     spec._policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
     spec._policy.costs.add_step(1.1e-3)
-    spec._policy.probe_every = spec._policy._probe_gap = 8  # short texts: probe often
+    spec._policy.probes.set_gap(8)  # short texts: probe often
     prompts = ["the cat sat", "in the beginning", "once more we"]
     orc = oracle.install(spec, [], error_rate=1.0)  # every draft wrong
     spec._engine.ngram = None  # the head's policy alone (the tiny target repeats itself: test_ngram.py)
@@ -250,7 +250,7 @@ def test_a_wrong_start_up_t1_is_corrected_while_speculating():
     assert abs(p.cost(1) - true_t1) < 1e-12                  # the refresh's samples outvote start-up's
     # then plain for good, but for re-measurements of chain-1 (it beats plain at the optimistic bound)
     after = chosen[p.t1_refresh_every:]
-    assert set(after) == {0, 1} and after.count(1) <= p.explore_rounds and after[:30] == [0] * 30
+    assert set(after) == {0, 1} and after.count(1) <= p.explorer.explore_rounds and after[:30] == [0] * 30
 
 
 def _run_rounds(p: DraftPolicy, true: dict[int, float], c: float, alpha: float, n: int) -> list[int]:
@@ -287,7 +287,7 @@ def test_re_measurements_get_rarer_while_the_costs_hold():
     measured(p, TRUE, 1.4e-3, [0.95] * 4)
     chosen = _run_rounds(p, TRUE, 1.4e-3, 0.95, 2000)
     assert chosen[:100].count(3) >= 3             # chain-3, the neighbour, re-measured early on ...
-    assert chosen[1000:].count(3) <= 2 * p.explore_rounds  # ... and then every explore_every_max rounds
+    assert chosen[1000:].count(3) <= 2 * p.explorer.explore_rounds  # ... and then every explore_every_max rounds
     assert chosen.count(4) > 0.95 * len(chosen)   # re-measurements and T(1) refreshes included
 
 
@@ -339,3 +339,28 @@ def test_a_chain_landing_on_a_cheap_row_count_is_chosen():
         rates = {k: p.expected_rate(k) for k in range(5)}
         assert max(rates, key=rates.get) == 3 and p.choose() == 3, rates
     assert p.expected_rate(2) < p.expected_rate(0) < p.expected_rate(3)  # at 0.5: only the cheap count pays
+
+
+def test_chain_lengths_within_the_switch_margin_do_not_flip():
+    """Two chain lengths whose rates differ by less than switch_margin: decide() keeps the one it
+    chose last (each switch of row count makes llama.cpp rebuild its graph); a length that beats it
+    by more is taken. Between drafting and plain decoding the better is taken at once."""
+    near = {1: 11.2e-3, 2: 17.5e-3, 3: 20.0e-3, 4: 24.0e-3, 5: 35.0e-3}
+
+    def after(third: float, first: float = 0.9, margin: float = 0.03) -> tuple[DraftPolicy, tuple[bool, int]]:
+        p = DraftPolicy(4, switch_margin=margin)
+        measured(p, near, 1.0e-3, [0.9] * 4)
+        assert p.decide() == (False, 3)
+        for _ in range(100):  # acceptance changes from the third position on (or at the first)
+            p._alpha[0].add(first)
+            p._alpha[2].add(third)
+            p._alpha[3].add(third)
+        p._decision = None
+        return p, p.decide()
+
+    p, choice = after(0.7)
+    assert p.expected_rate(3) < p.expected_rate(2) < 1.03 * p.expected_rate(3) and choice == (False, 3)
+    assert after(0.7, margin=0.0)[1] == (False, 2)   # without the margin: the better one
+    p, choice = after(0.6)
+    assert p.expected_rate(2) > 1.03 * p.expected_rate(3) and choice == (False, 2)
+    assert after(0.7, first=0.1)[1] == (False, 0)    # drafts stop paying: plain at once

@@ -55,10 +55,10 @@ def fix_costs(spec: Llama, gap: int = GAP) -> None:
     policy.observe_draft = lambda steps, seconds, asked=0: None
     policy.observe_probe = lambda hit, seconds: probe(hit, 0.2e-3)
     policy.costs.add_step(1.1e-3)
-    policy.probe_every = policy.hopeless_probe_every = policy._probe_gap = gap
-    policy._start_exploring = lambda k: False  # no chain re-measured from plain decoding: speculation stays off
+    policy.probes.set_gap(gap)
+    policy.explorer.start = lambda *args: False  # no chain re-measured from plain decoding: speculation stays off
     policy.observe_overhead = lambda rows, seconds: None
-    policy._rechecking = False                 # past the start-up re-check (a probe every 4 tokens)
+    policy.probes.rechecking = False                 # past the start-up re-check (a probe every 4 tokens)
     spec._engine.fallback.consider = lambda p: None  # probes and captures alone (the fallback: test_fallback.py)
     spec._engine.ngram = None                  # (the tiny target repeats itself: test_ngram.py)
 
@@ -122,7 +122,7 @@ def test_a_probe_after_skipped_steps_drafts_from_the_positions_before_it(arch, t
     spec = make(targets[arch], heads[arch])
     fix_costs(spec)
     spec._policy.choose = lambda: 0                    # speculation stays off, whatever the probes see
-    spec._policy._start_exploring = lambda k: False    # (chain-1 not re-measured either)
+    spec._policy.explorer.start = lambda *args: False    # (chain-1 not re-measured either)
     orc = oracle.install(spec, [ref], error_rate=0.5)
     inner = orc.inner
     windows: list[tuple[int, int, int, np.ndarray]] = []  # (head_start, head_n, feature_end, pending rows)

@@ -25,37 +25,17 @@ each such stretch, recheck() measures the acceptance afresh with a probe every r
 Warm-up: the engine measures T(n) and c at start-up (calibration.py), so that no
 generation pays for warm-up rounds; without that, plain rounds run until T(1) is measured,
 then k_max until T(k_max + 1) and c are. Rows never measured are interpolated linearly
-between measured ones (extrapolated beyond them). While speculation is
-off, alpha_1 keeps being measured by probes: the head drafts one token that is not
-verified, and the next committed token tells whether it was right (it costs a head decode of
-the recent context, not a target row). A hit halves the gap to the next probe, a miss doubles
-it (up to `probe_every`): a predictable stretch is noticed within a few tokens, and an
-unpredictable one costs one probe per `probe_every` tokens. The gap never falls below
-2 tokens, nor below the one at which probes (their time measured) would take more than their
-budget of the plain decoding time: `probe_budget`, or, where a chain might pay at the
-acceptance's optimistic bound, half the gain it would have there (up to `stake_budget_max`). Where the measured
-costs need an acceptance above `hopeless_alpha` at every position before any chain beats
-plain decoding (breakeven_alpha(); a compute-bound CPU with a small target), misses widen the
-gap up to `hopeless_probe_every` instead: there even perfect drafts gain little (on this
-project's CPU 1.07x to 1.25x), and each probe costs a head decode of the recent context (~6 ms
-there, half a plain token). Hits still narrow it, so text that a head drafts right 9 times in
-10 (a chain of 3 then gains ~1.16x on that CPU) turns speculation on within a few probes
-instead of after hundreds of plain tokens.
+between measured ones (extrapolated beyond them). While speculation is off, probes keep
+measuring alpha_1 (probes.py); lengths the policy is not drafting have their costs re-measured
+now and then (explore.py).
 
-Exploration: T(n) of a chain length is sampled only while the policy drafts it, so a cost from
-calibration or from an early stretch (taken while something else loaded the machine, or
-interpolated from other row counts) would decide forever against a length that is in fact
-best (measured: a stale T(4) 40% high kept auto 15% below chain-3). So when the chosen length
-k has a neighbour k +- 1 whose row count was last sampled over its explore gap of rounds ago,
-the next `explore_rounds` rounds draft that neighbour and their decodes replace its older
-samples: step by step the policy climbs to the best length even past a stale estimate further
-on. From plain decoding (k = 0; T(1) has its own refresh) the chain the model rates best at the
-acceptance's optimistic bound (alpha_upper: the last 12 first-position outcomes) is re-measured
-(T(n) need not grow steadily), and only while at that bound it beats plain decoding: where
-speculation is hopeless (a CPU, a weak head) it is not paid for, and a run of probe hits after
-many misses gets verify rounds (which sample every position) within a few probes. The gap starts at explore_every rounds and
-doubles (up to explore_every_max) each time the neighbour, freshly measured, still loses to the
-chosen length, so where the choice is right exploring costs next to nothing.
+Switching: a change of chain length changes the verify batch's row count, and llama.cpp
+rebuilds its compute graph for the new shape (on this project's CPU, SmolLM2: T(2) 23.0 ms on
+the first decode after a change against 17.7 steady). Noisy estimates of two lengths whose
+rates are within a few percent made auto flip between them round after round and pay that
+rebuild each time (simulated bench, acceptance 0.9: auto at 0.94 of the best fixed chain). So
+while it drafts, choose() keeps the chain length it chose last unless another beats it by
+`switch_margin` (between drafting and plain decoding it takes the better, as before).
 
 Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
 E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
@@ -69,13 +49,13 @@ and the tree's extra acceptance is nearly free.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from .acceptance import Acceptance, expected_tokens
 from .costs import CostTable, Ema
+from .explore import Explorer
+from .probes import ProbeSchedule
 
 
 @dataclass
@@ -85,53 +65,33 @@ class DraftPolicy:
     tree_width: int = 1          # > 1: trees of this width are a candidate shape
     tree_nodes: int = 0          # node budget of a tree
     warmup_rounds: int = 4       # tree rounds that measure its gain before the cost model decides
-    probe_every: int = 64        # most plain tokens between probes while speculation is off
-    hopeless_alpha: float = 0.8  # break-even acceptance above which misses widen the probe gap ...
-    hopeless_probe_every: int = 256  # ... up to this many tokens
     alpha_prior: float = 0.5
     alpha_decay: float = 0.95    # acceptance estimates weigh about the last 1 / (1 - alpha_decay) outcomes ...
     alpha_fade: float = 0.97     # ... and fade back towards the previous position's by this per unsampled round
-    probe_budget: float = 0.02   # least share of the plain decoding time that probes may take ...
-    stake_budget_max: float = 0.1  # ... and the most, where a chain might pay (_probe_budget)
-    recheck_gap: int = 4         # plain steps between probes while acceptance is measured afresh ...
-    recheck_outcomes: int = 8    # ... until the first position has this many outcomes
+    switch_margin: float = 0.03  # another chain length must beat the last one chosen by this (module docstring)
     graph_rebuilds: bool = False  # offloaded (CUDA graphs): start-up calibration warms each shape up twice
     t1_refresh_every: int = 32   # verify rounds after which speculation pauses to re-measure T(1) (doubling,
-                                 # up to explore_every_max, while speculation still wins after one) ...
+                                 # up to explorer.explore_every_max, while speculation still wins after one) ...
     t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
-    explore_every: int = 32      # rounds after which a neighbouring length's cost is re-measured ...
-    explore_every_max: int = 1024  # ... the gap doubling up to this while re-measurements confirm it
-    explore_rounds: int = 4      # verify rounds per re-measurement (the first decode, after a shape change, is not kept)
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
-    # rows -> recent decodes in seconds; medians cached until the next sample of that row count
     costs: CostTable = field(default_factory=CostTable)
+    probes: ProbeSchedule = field(default_factory=ProbeSchedule)
+    explorer: Explorer = field(default_factory=Explorer)
     _alpha: list[Acceptance] = field(default_factory=list)
     _tree_gain: Ema = field(default_factory=lambda: Ema(0.85))
     _tree_c: Ema = field(default_factory=lambda: Ema(0.9))
-    _probe_c: Ema = field(default_factory=lambda: Ema(0.9))
     _tree_rounds: int = 0
-    _since_probe: int = 0
-    _probe_gap: int = 0
-    _hopeless: Optional[bool] = None  # breakeven_alpha() > hopeless_alpha, refreshed every probe_every tokens
-    _hopeless_age: int = 0
     _decision: Optional[tuple[bool, int]] = None  # decide()'s answer until a measurement changes it
+    _chosen: Optional[int] = None                # the chain length decide() chose last (switch_margin)
     _decode_samples: int = 0                     # observe_decode calls since it was made
     _last_rows: int = 0                          # row count of the previous target decode
     _rounds_since_t1: int = 0                    # verify rounds since T(1) was last refreshed
     _t1_streak: int = 0                          # T(1) samples kept since the last verify round
     _t1_gap: int = 0                             # verify rounds between refreshes (t1_refresh_every at first)
     _rounds: int = 0                             # observe_decode calls so far (the explore clock)
-    _sampled_at: dict[int, int] = field(default_factory=dict)  # rows -> _rounds at its latest kept sample
-    _explore_gap: dict[int, int] = field(default_factory=dict)  # rows -> rounds between re-measurements
-    _explore_k: int = 0                          # chain length being re-measured (0: none) ...
-    _explore_left: int = 0                       # ... for this many more verify rounds
-    _explore_from: int = 0                       # the chosen length it is a neighbour of
-    _explore_fresh: list[float] = field(default_factory=list)  # its kept samples so far
-    _rechecking: bool = True                     # acceptance outcomes were dropped: probe every recheck_gap
 
     def __post_init__(self) -> None:
         self._alpha = [Acceptance(self.alpha_decay, self.alpha_fade) for _ in range(self.k_max)]
-        self._probe_gap = self.probe_every
         self._t1_gap = self.t1_refresh_every
 
     # ---- measurements ------------------------------------------------------------------
@@ -166,9 +126,8 @@ class DraftPolicy:
             # samples from before the verify rounds may be stale: the last t1_refresh_samples stay,
             # so that the new median is of twice as many (4 decodes varied by 10-30% here)
             self.costs.keep_last(1, self.t1_refresh_samples)
-        self._sampled_at[rows] = self._rounds
-        if self._explore_left > 0 and rows == self._explore_k + 1:  # kept apart until the re-measurement ends
-            self._explore_fresh.append(seconds)
+        self.explorer.sampled(rows, self._rounds)
+        if self.explorer.keep_apart(rows, seconds):
             return
         self.costs.add(rows, seconds, provisional)
         if rows == 1:
@@ -176,31 +135,8 @@ class DraftPolicy:
         if refresh and self._t1_streak >= self.t1_refresh_samples:
             # speculation still beats plain decoding: the next refresh can wait twice as long
             held = self.choose() > 0
-            self._t1_gap = min(2 * self._t1_gap, self.explore_every_max) if held else self.t1_refresh_every
+            self._t1_gap = min(2 * self._t1_gap, self.explorer.explore_every_max) if held else self.t1_refresh_every
             self._rounds_since_t1, self._decision = 0, None
-
-    def _explored(self) -> None:
-        """A verify round of the re-measurement ran (the head may have drafted fewer than asked,
-        and the first decode after the shape change is not kept: such rounds count, so a
-        re-measurement always ends). After the last one, its kept samples replace the older ones
-        if there are at least 2 (one decode stalled by something else must not become the
-        estimate), else join them. If the neighbour still loses to the length it was explored
-        from, its gap doubles (a measured decode time varies by 10-20% here, so the decision, not
-        the figure, says whether anything was learnt); if it wins, the gap returns to
-        explore_every."""
-        self._explore_left -= 1
-        if self._explore_left > 0:
-            return
-        rows, fresh = self._explore_k + 1, self._explore_fresh
-        if len(fresh) >= 2 or (fresh and self.costs.provisional(rows)):
-            self.costs.replace(rows, fresh)
-        elif fresh:
-            self.costs.extend(rows, fresh)
-        mine, theirs = self.expected_rate(self._explore_k), self.expected_rate(self._explore_from)
-        held = mine is not None and theirs is not None and mine <= theirs
-        gap = self._explore_gap.get(rows, self.explore_every)
-        self._explore_gap[rows] = min(2 * gap, self.explore_every_max) if held else self.explore_every
-        self._explore_k, self._explore_fresh = 0, []
 
     def observe_calibration_step(self, seconds: float) -> None:
         """A start-up head step (calibration.py): from an empty head context with nothing to catch
@@ -233,8 +169,7 @@ class DraftPolicy:
         """A verify round (chain or tree) ran: the decision is remade and T(1)'s refresh clock ticks."""
         self._decision = None
         self._rounds_since_t1, self._t1_streak = self._rounds_since_t1 + 1, 0
-        if self._explore_left > 0:
-            self._explored()
+        self.explorer.round_done(self)
 
     def observe_round(self, drafted: int, accepted: int) -> None:
         """Draft positions 1..drafted were verified; the first `accepted` matched."""
@@ -260,12 +195,8 @@ class DraftPolicy:
         self._alpha[0].add(float(hit))
         for a in self._alpha[1:]:
             a.unsampled()
-        self._probe_c.add(seconds)
-        self._probe_gap = max(2, self._probe_gap // 2) if hit else min(2 * self._probe_gap, self._probe_cap())
+        self.probes.observe(hit, seconds)
         self._outcome_seen()
-
-    def _probe_cap(self) -> int:
-        return self.hopeless_probe_every if self._hopeless else self.probe_every
 
     # ---- decisions -------------------------------------------------------------------
 
@@ -325,40 +256,16 @@ class DraftPolicy:
         Costs ~5 plain steps per t1_refresh_every rounds."""
         if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return False, 0
-        if self._explore_left > 0:
-            return False, self._explore_k
+        if self.explorer.left > 0:
+            return False, self.explorer.k
         if self._decision is None:
             self._decision = (self.choose_tree(), self.choose())
             self._decode_samples = 0
-            if not self._decision[0] and self._start_exploring(self._decision[1]):
-                return False, self._explore_k
+            if not self._decision[0]:
+                self._chosen = self._decision[1]
+                if self.adaptive and not self._warming_up() and self.explorer.start(self, self._chosen, self._rounds):
+                    return False, self.explorer.k
         return self._decision
-
-    def _start_exploring(self, k: int) -> bool:
-        """Whether a neighbour of chain length k is due for re-measurement (see the module
-        docstring); if so, the next explore_rounds rounds draft it."""
-        if not self.adaptive or self._warming_up():
-            return False
-        rate = self.expected_rate(k)
-        # from plain decoding, the chain the model rates best at the acceptance's optimistic bound
-        # (on a CPU T(n) need not grow steadily: llama.cpp's repacked kernels take rows in blocks
-        # of 4): a low estimate that only probes sample recovers slowly (~20 outcomes deep), while
-        # a re-measurement's verify rounds sample every position
-        upper = self.alpha_upper()
-        candidates = (k + 1, k - 1) if k > 0 else (
-            max(range(1, self.k_max + 1), key=lambda j: self.expected_rate(j, upper) or 0.0),)
-        for j in candidates:
-            rows = j + 1
-            if not 1 <= j <= self.k_max:
-                continue
-            if self._rounds - self._sampled_at.get(rows, -(1 << 30)) < self._explore_gap.get(rows, self.explore_every):
-                continue
-            other = self.expected_rate(j, upper) if k == 0 else self.expected_rate(j)
-            if k == 0 and (rate is None or other is None or other <= rate):
-                continue
-            self._explore_k, self._explore_left, self._explore_from = j, self.explore_rounds, k
-            return True
-        return False
 
     def choose_tree(self) -> bool:
         """Whether this round drafts a tree (else choose() gives the chain length)."""
@@ -382,25 +289,38 @@ class DraftPolicy:
         if self._warming_up():
             return self.k_max
         rates = [self.expected_rate(k) for k in range(self.k_max + 1)]
-        return max(range(self.k_max + 1), key=lambda k: rates[k])
+        best = max(range(self.k_max + 1), key=lambda k: rates[k] or 0.0)
+        last = self._chosen  # (switch_margin between chain lengths; plain decoding has none)
+        if best > 0 and last and last <= self.k_max and rates[last] and rates[best] < rates[last] * (1 + self.switch_margin):
+            return last
+        return best
 
     def breakeven_alpha(self) -> Optional[float]:
         """The acceptance (the same at every position) from which some chain beats plain decoding
         at the measured costs, whole rounds priced: None while a cost is unknown, inf when no
         acceptance would do."""
-        plain = self.expected_rate(0)
-        if self.k_max == 0 or plain is None or any(self.costs.round_cost(k) is None for k in range(1, self.k_max + 1)):
+        if self.k_max == 0 or self.gain_at(1.0) is None:
             return None
-
-        def gain(a: float) -> float:  # best chain rate / plain rate at acceptance a
-            return max(self.expected_rate(k, a) for k in range(1, self.k_max + 1)) / plain
-        if gain(1.0) <= 1.0:
+        if self.gain_at(1.0) <= 1.0:
             return float("inf")
         lo, hi = 0.0, 1.0
         for _ in range(20):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if gain(mid) > 1.0 else (mid, hi)
+            lo, hi = (lo, mid) if self.gain_at(mid) > 1.0 else (mid, hi)
         return hi
+
+    def gain_at(self, alpha: float) -> Optional[float]:
+        """The best chain's rate over plain decoding's at acceptance alpha at every position; None
+        while a cost is unknown."""
+        plain = self.expected_rate(0)
+        rates = [self.expected_rate(k, alpha) for k in range(1, self.k_max + 1)]
+        if plain is None or not rates or any(r is None for r in rates):
+            return None
+        return max(rates) / plain
+
+    def gain_at_upper(self) -> Optional[float]:
+        """gain_at(alpha_upper()); None while warming up (probes.py sizes its budget by it)."""
+        return None if self._warming_up() else self.gain_at(self.alpha_upper())
 
     def alpha_upper(self) -> float:
         """An optimistic bound on the first position's acceptance (acceptance.Acceptance.upper)."""
@@ -426,66 +346,35 @@ class DraftPolicy:
         return all((self.expected_rate(k, a) or 0.0) <= plain for k in range(1, self.k_max + 1))
 
     @property
+    def recheck_outcomes(self) -> int:
+        return self.probes.recheck_outcomes
+
+    @property
     def rechecking(self) -> bool:
         """Acceptance is being measured afresh (recheck()) and has too few outcomes yet."""
-        return self._rechecking
+        return self.probes.rechecking
 
     def recheck(self) -> None:
         """Acceptance is measured afresh: every outcome is dropped (the text may have changed), and
-        probes come every recheck_gap plain steps until the first position has min_outcomes."""
+        probes come every recheck_gap plain steps until the first position has recheck_outcomes."""
         for a in self._alpha:
             a.forget()
-        self._rechecking, self._since_probe, self._decision = True, 0, None
+        self.probes.recheck()
+        self._decision = None
 
     def probe_due(self) -> bool:
         """Called on plain rounds: True when this one should carry an (unverified) probe draft."""
-        self._since_probe += 1
-        if self._since_probe < (self.recheck_gap if self._rechecking else self._probe_gap):  # the shorter gap
-            return False
-        self._hopeless_age += 1
-        if self._hopeless is None or self._hopeless_age >= self.probe_every:
-            breakeven = self.breakeven_alpha()
-            self._hopeless = None if breakeven is None else breakeven > self.hopeless_alpha
-            self._hopeless_age = 0
-        if self._since_probe >= self._probe_interval():
-            self._since_probe = 0
-            return True
-        return False
+        return self.probes.due(self)
 
     def plain_steps_to_probe(self) -> int:
-        """Plain rounds before the head next drafts, at the current estimates (no side effects):
-        the probe_due() calls that would answer False before the one that answers True; 0 while
-        decide() only pauses speculation to re-measure T(1), which resumes within a few steps."""
+        """Plain rounds before the drafter next drafts, at the current estimates (no side effects);
+        0 while decide() only pauses speculation to re-measure T(1), which resumes within a few steps."""
         if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return 0
-        return max(self._probe_interval() - self._since_probe - 1, 0)
-
-    def _probe_interval(self) -> int:
-        """Plain steps between probes: recheck_gap while re-checking; else probes within their
-        budget (gap >= probe time / (budget * T(1)), _probe_budget()); misses widen the gap up to
-        the cap (hopeless_probe_every where hopeless), hits narrow it in either case."""
-        if self._rechecking:
-            return self.recheck_gap
-        t1, c = self.cost(1), self._probe_c.value
-        least = 2 if t1 is None or c is None else math.ceil(c / (self._probe_budget() * t1))
-        return min(max(self._probe_gap, least), self._probe_cap())
-
-    def _probe_budget(self) -> float:
-        """The share of plain decoding time probes may take, sized by what is at stake: half the
-        gain the best chain would have at the acceptance's optimistic bound (alpha_upper), between
-        probe_budget and stake_budget_max. An estimate that probes alone sample recovers slowly
-        (~20 outcomes to move it); where a chain might pay, probes come as often as it could
-        repay them."""
-        plain = self.expected_rate(0)
-        if plain is None or self._warming_up():
-            return self.probe_budget
-        best = max((self.expected_rate(k, self.alpha_upper()) or 0.0) for k in range(1, self.k_max + 1))
-        return min(max(self.probe_budget, 0.5 * (best / plain - 1.0)), self.stake_budget_max)
+        return self.probes.steps_to_next(self)
 
     def _outcome_seen(self) -> None:
-        """A first-position outcome was added: a re-check ends once it has recheck_outcomes."""
-        if self._rechecking and self.first_outcomes() >= self.recheck_outcomes:
-            self._rechecking = False
+        self.probes.outcome_seen(self.first_outcomes())
 
     def snapshot(self) -> dict:
         breakeven = self.breakeven_alpha()
