@@ -6,6 +6,7 @@ ValueError before llama.cpp sees them, and the policy prices a DFlash proposal p
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -280,3 +281,23 @@ def test_a_proposal_is_priced_by_the_drafts_it_asked_for():
     only_step = CostTable(per_proposal=True)
     only_step.add_step(3e-3)
     assert only_step.draft_cost(6) == 3e-3                  # no length measured yet: any proposal's median
+
+
+def test_bench_runs_dflash_next_to_eagle3(targets, heads, dflash_heads, tmp_path):
+    """`llama-eagle3 bench --dflash-head`: a fixed block of --draft-max drafts (dflash) and the
+    adaptive policy (dflash-auto) next to EAGLE-3's chain, all reproducing plain greedy text, the
+    DFlash methods' stats under the dflash drafter."""
+    from llama_eagle3 import bench
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat sat on", "hello"]))
+    s = bench.bench(str(targets["llama"]), str(heads["llama"]), prompts, max_tokens=16, threads=1,
+                    methods=("plain", "eagle3", "dflash", "dflash-auto"), dflash_head=str(dflash_heads["llama"][1]),
+                    log=quiet)
+    assert list(s["methods"]) == ["plain", "eagle3", "dflash", "dflash-auto"]
+    for name in ("eagle3", "dflash", "dflash-auto"):
+        assert s["methods"][name]["identical"] == 2, name
+    assert s["speculative"]["dflash"]["drafters"]["dflash"]["rounds"] > 0
+    assert "eagle3" in s["speculative"]["eagle3"]["drafters"]
+    with pytest.raises(ValueError, match="--dflash-head"):
+        bench.bench(str(targets["llama"]), str(heads["llama"]), prompts, methods=("plain", "dflash"), log=quiet)

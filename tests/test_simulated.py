@@ -69,8 +69,8 @@ def test_acceptance_specs_parse_and_bad_ones_are_named():
 
 def test_predicted_rate_is_the_cost_model():
     sim = SimulatedAcceptance([0.5])
-    # E(2) = 1.75 tokens per round of T(3) + 2 c = 30 + 2 * 5 ms
-    assert predicted_rate({1: 10.0, 3: 30.0}, 5.0, sim, 2) == pytest.approx(1e3 * 1.75 / 40.0)
+    # E(2) = 1.75 tokens per round of T(3) + the drafting time (2 head steps of 5 ms) = 30 + 10 ms
+    assert predicted_rate({1: 10.0, 3: 30.0}, 10.0, sim, 2) == pytest.approx(1e3 * 1.75 / 40.0)
     assert predicted_rate({1: 10.0}, 5.0, sim, 0) == pytest.approx(100.0)
     assert predicted_rate({1: 10.0}, None, sim, 2) is None
 
@@ -101,7 +101,7 @@ def tiny_synthetic(tmp_path_factory):
 def test_simulated_bench_summary(tiny_synthetic, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["hello there", "write a poem"]))
-    target, head = tiny_synthetic
+    target, head = tiny_synthetic.target, tiny_synthetic.head
     s = simulated_bench(str(target), str(head), prompts, [[1.0], [0.0]], max_tokens=24, draft_max=2, threads=1,
                         log=lambda *a: None)
     assert set(s["simulated"]) == {"1", "0"}
@@ -113,6 +113,29 @@ def test_simulated_bench_summary(tiny_synthetic, tmp_path):
                                                         / a["tokens_per_second"][a["best_fixed"]])
     assert s["simulated"]["1"]["mean_accepted_length"]["chain-2"] == 3.0
     assert s["simulated"]["0"]["mean_accepted_length"]["chain-2"] == 1.0
+    json.dumps(s)
+
+
+def test_simulated_bench_runs_dflash_next_to_eagle3(tiny_synthetic, tmp_path):
+    """--synthetic writes a DFlash head beside the target (tiny: 2 layers, 3 taps); the simulated
+    bench runs its blocks of 1..K drafts and its auto next to EAGLE-3's, each auto compared with
+    its own drafter's best fixed shape; a DFlash proposal is priced per proposal and runs one
+    block decode whatever its length."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello there"}))
+    f = tiny_synthetic
+    s = simulated_bench(str(f.target), str(f.head), prompts, [[1.0]], max_tokens=24, draft_max=2, threads=1,
+                        dflash_head=str(f.dflash), log=lambda *a: None)
+    a = s["simulated"]["1"]
+    assert s["methods"] == ["plain", "chain-1", "chain-2", "auto", "dflash-1", "dflash-2", "dflash-auto"]
+    assert a["mean_accepted_length"]["dflash-2"] == 3.0 and a["mean_accepted_length"]["dflash-1"] == 2.0
+    assert a["best_fixed_per_drafter"]["dflash-auto"] in ("plain", "dflash-1", "dflash-2")
+    assert a["best_fixed_per_drafter"]["auto"] in ("plain", "chain-1", "chain-2")
+    dflash = a["drafter_costs_ms"]["dflash-auto"]
+    assert set(dflash["proposal"]) == {1, 2} and a["drafter_costs_ms"]["auto"]["proposal"] is None
+    assert a["auto_policy"]["dflash-auto"]["draft_priced_per"] == "proposal"
+    assert a["predicted_tokens_per_second"]["dflash-2"] == pytest.approx(
+        3e3 / (dflash["decode"][3] + dflash["proposal"][2]))
     json.dumps(s)
 
 
@@ -173,7 +196,7 @@ def test_random_blocks_dequantize_to_small_centred_weights(qtype):
 
 
 def test_synthetic_target_loads_and_never_ends_early(tiny_synthetic):
-    target, head = tiny_synthetic
+    target, head = tiny_synthetic.target, tiny_synthetic.head
     llm = llama_cpp.Llama(str(target), n_ctx=256, verbose=False, logits_all=True)
     llm.eval(llm.tokenize(b"hello world"))
     logits = llm.scores[: llm.n_tokens]
@@ -183,11 +206,11 @@ def test_synthetic_target_loads_and_never_ends_early(tiny_synthetic):
 
 
 def test_synthetic_models_are_written_once(tiny_synthetic):
-    target, head = tiny_synthetic
-    before = os.stat(target).st_mtime_ns, os.stat(head).st_mtime_ns
-    again = synthetic.ensure("tiny", "Q4_K_M", target.parent.parent, log=lambda *a: None)
-    assert again == (target, head)
-    assert (os.stat(target).st_mtime_ns, os.stat(head).st_mtime_ns) == before
+    files = [tiny_synthetic.target, tiny_synthetic.head, tiny_synthetic.dflash]
+    before = [os.stat(f).st_mtime_ns for f in files]
+    again = synthetic.ensure("tiny", "Q4_K_M", files[0].parent.parent, log=lambda *a: None)
+    assert again == tiny_synthetic
+    assert [os.stat(f).st_mtime_ns for f in files] == before
 
 
 def test_unknown_synthetic_shape_is_named():

@@ -26,9 +26,10 @@ from .train.prompts import load_prompts
 
 # control: plain llama-cpp-python again, a second instance: its ratios to plain are the machine's
 # own noise (how far a method that costs nothing would fall on its worst prompt by chance)
-METHODS = ("plain", "control", "lookup", "eagle3", "tree", "auto", "default")
+# dflash, dflash-auto: the --dflash-head's fixed block of draft_max drafts, and adaptive
+METHODS = ("plain", "control", "lookup", "eagle3", "tree", "auto", "dflash", "dflash-auto", "default")
 DEFAULT_METHODS = ("plain", "lookup", "eagle3", "tree", "auto")
-SPECULATIVE = ("eagle3", "tree", "auto", "default")
+SPECULATIVE = ("eagle3", "tree", "auto", "dflash", "dflash-auto", "default")
 _STATS = ("rounds", "drafted", "accepted", "plain_steps", "fallback_steps", "uncaptured_steps", "probes", "drafters", "mean_accepted_length", "acceptance_rate",
           "acceptance_at", "draft_seconds", "verify_seconds", "sample_seconds", "plain_decode_seconds",
           "overhead_seconds", "policy")
@@ -59,7 +60,12 @@ def _device() -> dict:
 
 
 def _make(name: str, model: str, head: str, draft_max: int, p_min: float, tree: tuple[int, int],
-          common: dict) -> llama_cpp.Llama:
+          common: dict, dflash_head: Optional[str] = None) -> llama_cpp.Llama:
+    if name in ("dflash", "dflash-auto"):
+        if dflash_head is None:
+            raise ValueError(f"bench method {name!r} needs a DFlash head (--dflash-head)")
+        return Llama(model, eagle3_head=dflash_head, eagle3_draft_max=draft_max, eagle3_p_min=p_min,
+                     eagle3_adaptive=name == "dflash-auto", **common)
     if name in ("plain", "control"):
         return llama_cpp.Llama(model, **common)
     if name == "lookup":
@@ -129,7 +135,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
           p_min: float = 0.0, threads: int = 2, n_ctx: int = 2048, methods: tuple[str, ...] = DEFAULT_METHODS,
           tree: tuple[int, int] = (3, 12), upstream: Optional[Path] = None, upstream_n_max: tuple[int, ...] = (),
           temperature: float = 0.0, repeats: int = 1, n_gpu_layers: int = 0, max_prompts: Optional[int] = None,
-          log=print) -> dict:
+          dflash_head: Optional[str] = None, log=print) -> dict:
     """eagle3: a chain of draft_max every round (p_min cut-off); tree: a tree of (width, nodes) and
     depth draft_max every round; auto: the adaptive policy with the same bounds, trees included;
     upstream-nK: llama-speculative-simple at --spec-draft-n-max K. temperature > 0 samples with
@@ -139,7 +145,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     run slowed by another process on the machine then does not decide the worst prompt) and the
     first run's text. Every run starts from an empty cache (_run).
     n_gpu_layers goes to every method, the head included (-1: all; CPU builds ignore it).
-    max_prompts: the first that many prompts only. Returns the summary (per-prompt rows under "rows")."""
+    max_prompts: the first that many prompts only. dflash/dflash-auto: dflash_head's fixed block of
+    draft_max drafts and adaptive. Returns the summary (per-prompt rows under "rows")."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     unknown = set(methods) - set(METHODS)
@@ -150,7 +157,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
     convs = load_prompts(prompts_file)[:max_prompts]
     common = dict(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False, flash_attn=True)
     order = [m for m in METHODS if m in methods]
-    llms: dict = {name: _make(name, model, head, draft_max, p_min, tree, common) for name in order}
+    llms: dict = {name: _make(name, model, head, draft_max, p_min, tree, common, dflash_head) for name in order}
     template = llms[order[0]] if order else llama_cpp.Llama(model, vocab_only=True, verbose=False)
     for k in upstream_n_max:
         order.append(f"upstream-n{k}")
@@ -204,7 +211,8 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         log(f"[{i + 1}/{len(convs)}] " + "  ".join(f"{m} {row[m]['tokens'] / row[m]['seconds']:.1f} tok/s"
                                                   for m in order))
     diagnosis.close()
-    summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(rows),
+    summary: dict = {"model": model, "head": head, "dflash_head": dflash_head, "prompts": str(prompts_file),
+                     "n_prompts": len(rows),
                      "max_tokens": max_tokens, "temperature": temperature, "draft_max": draft_max, "p_min": p_min,
                      "threads": threads, "n_gpu_layers": n_gpu_layers, "repeats": repeats,
                      "device": _device(),

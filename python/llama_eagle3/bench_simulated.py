@@ -36,6 +36,7 @@ from typing import Optional
 import llama_cpp
 
 from .bench import Upstream, _device, _rendered_prompt
+from .costs import CostTable
 from .fallback import Fallback
 from .llama import Llama
 from .policy import DraftPolicy
@@ -114,17 +115,24 @@ def timed_generation(llm: llama_cpp.Llama, tokens: list[int], max_tokens: int, c
 
 
 class _SpecMethods:
-    """One EAGLE-3 instance running chain-1..chain-K and auto by swapping its policy and stats."""
+    """One drafter's instance running fixed lengths 1..K and auto by swapping its policy and stats:
+    an EAGLE-3 head's chains (chain-k, auto) or a DFlash head's blocks of k drafts (dflash-k,
+    dflash-auto: one head decode per proposal, priced per proposal)."""
 
-    def __init__(self, llm: Llama, k_max: int):
+    def __init__(self, llm: Llama, k_max: int, prefix: str = ""):
         self.llm, self.k_max = llm, k_max
         self.calibrated = copy.deepcopy(llm._policy)  # auto right after start-up calibration
-        self.names = [f"chain-{k}" for k in range(1, k_max + 1)] + ["auto"]
+        fixed = f"{prefix}-" if prefix else "chain-"
+        self.fixed = [f"{fixed}{k}" for k in range(1, k_max + 1)]
+        self.auto = f"{prefix}-auto" if prefix else "auto"
+        self.names = self.fixed + [self.auto]
 
     def start(self, label: str) -> None:
         """Fresh policies, stats and acceptance draws for one simulated alpha."""
-        self.policies = {f"chain-{k}": DraftPolicy(k, adaptive=False) for k in range(1, self.k_max + 1)}
-        self.policies["auto"] = copy.deepcopy(self.calibrated)
+        per_proposal = self.calibrated.costs.per_proposal
+        self.policies = {name: DraftPolicy(k, adaptive=False, costs=CostTable(per_proposal))
+                         for k, name in enumerate(self.fixed, 1)}
+        self.policies[self.auto] = copy.deepcopy(self.calibrated)
         self.stats = {name: SpeculativeStats() for name in self.names}
         self.fallbacks = {name: Fallback() for name in self.names}
         self.label = label
@@ -134,21 +142,37 @@ class _SpecMethods:
         self.llm._bench_configure(self.policies[name], sim, self.stats[name], self.fallbacks[name])
         return timed_generation(self.llm, tokens, max_tokens)
 
+    def costs(self) -> tuple[dict[int, float], Optional[float], dict[int, float]]:
+        """Costs measured in this alpha's runs (ms): T(n) (T(k+1) from the fixed length k, T(1) from
+        auto: calibration and its refreshes), the drafter's step (a head step, or a proposal's
+        median for a DFlash head) and, per proposal length, a DFlash proposal's cost."""
+        decode_ms: dict = dict(self.policies[self.auto].snapshot()["decode_ms"])
+        steps, proposals = [], {}
+        for k, name in enumerate(self.fixed, 1):
+            snap = self.policies[name].snapshot()
+            decode_ms.update({n: ms for n, ms in snap["decode_ms"].items() if n > 1})
+            if snap["draft_step_ms"] is not None:
+                steps.append(snap["draft_step_ms"])
+                proposals[k] = snap["draft_step_ms"]
+        return decode_ms, (statistics.median(steps) if steps else None), proposals
 
-def predicted_rate(decode_ms: dict, step_ms: Optional[float], sim: SimulatedAcceptance, k: int) -> Optional[float]:
-    """E(k) / (T(k+1) + k c) in tokens/s from measured costs (ms); None where one is missing."""
+
+def predicted_rate(decode_ms: dict, draft_ms: Optional[float], sim: SimulatedAcceptance, k: int) -> Optional[float]:
+    """E(k) / (T(k+1) + d) in tokens/s from measured costs (ms), d the drafting time of k drafts
+    (k head steps, or one DFlash proposal); None where one is missing."""
     t = decode_ms.get(k + 1)
-    if t is None or (k > 0 and step_ms is None):
+    if t is None or (k > 0 and draft_ms is None):
         return None
-    return 1e3 * sim.expected_tokens(k) / (t + k * (step_ms or 0.0))
+    return 1e3 * sim.expected_tokens(k) / (t + (draft_ms if k > 0 else 0.0))
 
 
 def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[list[float]],
                     max_tokens: int = 128, draft_max: int = 4, threads: int = 2, n_ctx: int = 2048,
                     n_gpu_layers: int = 0, max_prompts: Optional[int] = None, upstream: Optional[Path] = None,
-                    upstream_n_max: tuple[int, ...] = (), log=print) -> dict:
+                    upstream_n_max: tuple[int, ...] = (), dflash_head: Optional[str] = None, log=print) -> dict:
     """Returns the summary: per alpha label, decoding tokens/s per method (measured), the cost model's
-    prediction, the best fixed shape (plain counts) and auto's ratio to it."""
+    prediction, the best fixed shape (plain counts) and each auto's ratio to it. dflash_head: a
+    DFlash head run next to `head` (dflash-1..draft_max, dflash-auto)."""
     if draft_max < 1:
         raise ValueError(f"--draft-max must be >= 1 for a simulated bench, got {draft_max}")
     if upstream_n_max and (upstream is None or not Path(upstream).is_file()):
@@ -156,19 +180,24 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
     convs = load_prompts(prompts_file)[:max_prompts]
     common = dict(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False, flash_attn=True)
     plain = llama_cpp.Llama(model, **common)
-    spec = _SpecMethods(Llama(model, eagle3_head=head, eagle3_draft_max=draft_max, eagle3_p_min=0.0,
-                              eagle3_tree_width=1, **common), draft_max)
-    order = ["plain", *spec.names]
-    for llm in (plain, spec.llm):  # warm-up
+
+    def drafter(path: str, prefix: str) -> _SpecMethods:
+        return _SpecMethods(Llama(model, eagle3_head=path, eagle3_draft_max=draft_max, eagle3_p_min=0.0,
+                                  eagle3_tree_width=1, **common), draft_max, prefix)
+    specs = [drafter(head, "")] + ([drafter(dflash_head, "dflash")] if dflash_head else [])
+    order = ["plain"] + [name for spec in specs for name in spec.names]
+    owner = {name: spec for spec in specs for name in spec.names}
+    for llm in [plain] + [spec.llm for spec in specs]:  # warm-up
         timed_generation(llm, prompt_tokens(plain, [{"role": "user", "content": "Hi"}]), 8)
-    summary: dict = {"model": model, "head": head, "prompts": str(prompts_file), "n_prompts": len(convs),
-                     "max_tokens": max_tokens, "draft_max": draft_max, "threads": threads,
+    summary: dict = {"model": model, "head": head, "dflash_head": dflash_head, "prompts": str(prompts_file),
+                     "n_prompts": len(convs), "max_tokens": max_tokens, "draft_max": draft_max, "threads": threads,
                      "n_gpu_layers": n_gpu_layers, "device": _device(), "methods": order,
-                     "calibration": spec.calibrated.snapshot(), "simulated": {}}
+                     "calibration": {spec.auto: spec.calibrated.snapshot() for spec in specs}, "simulated": {}}
     prompts = [prompt_tokens(plain, messages) for messages in convs]
     for alphas in acceptance:
         label = _label(alphas)
-        spec.start(label)
+        for spec in specs:
+            spec.start(label)
         timing = {m: Timing() for m in order}
         for i, tokens in enumerate(prompts):
             rot = order[i % len(order):] + order[: i % len(order)]
@@ -176,8 +205,8 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
                 if name == "plain":
                     timing[name] += timed_generation(plain, tokens, max_tokens)
                 else:
-                    timing[name] += spec.run(name, alphas, tokens, max_tokens, i)
-        summary["simulated"][label] = _alpha_summary(alphas, order, timing, spec)
+                    timing[name] += owner[name].run(name, alphas, tokens, max_tokens, i)
+        summary["simulated"][label] = _alpha_summary(alphas, order, timing, specs)
         log(f"simulated acceptance {label}: " + "  ".join(
             f"{m} {summary['simulated'][label]['tokens_per_second'][m]:.1f}" for m in order) + " tok/s")
     if upstream_n_max:
@@ -187,36 +216,42 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
     return summary
 
 
-def _alpha_summary(alphas: list[float], order: list[str], timing: dict[str, Timing], spec: _SpecMethods) -> dict:
+def _alpha_summary(alphas: list[float], order: list[str], timing: dict[str, Timing], specs: list[_SpecMethods]) -> dict:
     sim = SimulatedAcceptance(alphas)
     rate = {m: timing[m].decode_rate for m in order}
-    # costs measured in this alpha's runs: T(k+1) and c from chain-k, T(1) from auto (calibration
-    # and its refreshes); later measurements of a row count replace earlier ones
-    decode_ms: dict = dict(spec.policies["auto"].snapshot()["decode_ms"])
-    steps = []
-    for k in range(1, spec.k_max + 1):
-        snap = spec.policies[f"chain-{k}"].snapshot()
-        decode_ms.update({n: ms for n, ms in snap["decode_ms"].items() if n > 1})
-        if snap["draft_step_ms"] is not None:
-            steps.append(snap["draft_step_ms"])
-    step = statistics.median(steps) if steps else None
-    predicted = {"plain": predicted_rate(decode_ms, step, sim, 0)}
-    predicted.update({f"chain-{k}": predicted_rate(decode_ms, step, sim, k) for k in range(1, spec.k_max + 1)})
-    known = [p for p in predicted.values() if p is not None]
-    predicted["auto"] = max(known) if known else None  # the model's own optimum
-    fixed = [m for m in order if m != "auto"]
-    best = max(fixed, key=lambda m: rate[m])
-    stats = {m: spec.stats[m].as_dict() for m in spec.names}
+    predicted: dict = {}
+    costs: dict = {}
+    for spec in specs:
+        decode_ms, step, proposals = spec.costs()
+        per_proposal = spec.calibrated.costs.per_proposal
+        predicted.setdefault("plain", predicted_rate(decode_ms, None, sim, 0))
+        for k, name in enumerate(spec.fixed, 1):
+            predicted[name] = predicted_rate(decode_ms, proposals.get(k) if per_proposal else
+                                             None if step is None else k * step, sim, k)
+        known = [predicted[n] for n in ["plain", *spec.fixed] if predicted.get(n) is not None]
+        predicted[spec.auto] = max(known) if known else None  # the model's own optimum
+        costs[spec.auto] = {"decode": decode_ms, "draft_step": step,
+                            "proposal": proposals if per_proposal else None}
+    # each drafter's auto against the best of plain and that drafter's fixed lengths
+    bests = {spec.auto: max(["plain", *spec.fixed], key=lambda m: rate[m]) for spec in specs}
+    best = bests[specs[0].auto]
+    stats = {m: spec.stats[m].as_dict() for spec in specs for m in spec.names}
+    autos = {spec.auto: {k: stats[spec.auto][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")}
+             for spec in specs}
     return {"simulated": True, "acceptance": alphas,
-            "expected_tokens": {k: round(sim.expected_tokens(k), 4) for k in range(spec.k_max + 1)},
+            "expected_tokens": {k: round(sim.expected_tokens(k), 4) for k in range(specs[0].k_max + 1)},
             "tokens_per_second": rate, "predicted_tokens_per_second": predicted,
             "end_to_end_tokens_per_second": {m: timing[m].end_to_end_rate for m in order},
             "prefill_seconds": {m: round(timing[m].prefill, 3) for m in order},
-            "best_fixed": best, "auto_vs_best_fixed": rate["auto"] / rate[best],
-            "costs_ms": {"decode": decode_ms, "draft_step": step},
-            "mean_accepted_length": {m: round(stats[m]["mean_accepted_length"], 3) for m in spec.names},
-            "auto": {k: stats["auto"][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")},
-            "auto_policy": spec.policies["auto"].snapshot()}
+            "best_fixed": best, "auto_vs_best_fixed": rate[specs[0].auto] / rate[best],
+            "best_fixed_per_drafter": bests,
+            "autos_vs_best_fixed": {auto: rate[auto] / rate[m] for auto, m in bests.items()},
+            "costs_ms": costs[specs[0].auto], "drafter_costs_ms": costs,
+            "mean_accepted_length": {m: round(stats[m]["mean_accepted_length"], 3) for m in stats},
+            "auto": {k: stats[specs[0].auto][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")},
+            "autos": {spec.auto: {k: stats[spec.auto][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")}
+                      for spec in specs},
+            "auto_policy": {spec.auto: spec.policies[spec.auto].snapshot() for spec in specs}}
 
 
 def _upstream(binary: Path, model: str, head: str, convs: list, max_tokens: int, threads: int, n_ctx: int,
@@ -246,13 +281,16 @@ def _upstream(binary: Path, model: str, head: str, convs: list, max_tokens: int,
 def print_simulated(s: dict, log=print) -> None:
     log(f"\nSIMULATED acceptance, real costs: {s['n_prompts']} prompts, {s['max_tokens']} max new tokens, "
         f"greedy, {s['threads']} threads, n_gpu_layers {s['n_gpu_layers']}; chain-k drafts k every round, auto "
-        f"adapts (chains <= {s['draft_max']}); tokens/s = decoding rate, after each generation's first token "
-        f"(the prompt's prefill apart; end-to-end rates in the JSON); predicted = E(k) / (T(k+1) + k c) from the "
-        f"costs measured in the run")
+        f"adapts (chains <= {s['draft_max']}); dflash-k: a DFlash block of k drafts every round, dflash-auto "
+        f"adapts; tokens/s = decoding rate, after each generation's first token (the prompt's prefill apart; "
+        f"end-to-end rates in the JSON); predicted = E(k) / (T(k+1) + drafting) from the costs measured in the run")
     for label, a in s["simulated"].items():
         plain = a["tokens_per_second"]["plain"]
         log(f"\nalpha {label} (simulated): E(k) = {list(a['expected_tokens'].values())}; measured T(n) ms "
             f"{a['costs_ms']['decode']}, head step {a['costs_ms']['draft_step']} ms")
+        for name, c in a["drafter_costs_ms"].items():
+            if c["proposal"] is not None:
+                log(f"{name.split('-')[0]}: one proposal of k drafts, ms: {c['proposal']}")
         log(f"{'method':<16}{'tokens/s':>10}{'vs plain':>10}{'predicted':>11}{'MAL':>7}")
         for m, r in a["tokens_per_second"].items():
             p = a["predicted_tokens_per_second"].get(m)
@@ -263,7 +301,8 @@ def print_simulated(s: dict, log=print) -> None:
             pr = u["projected_tokens_per_second"][label]
             log(f"{name:<16}{pr:>10.1f}{pr / plain:>9.2f}x  (projected from {u['measured_tokens_per_second']:.1f} "
                 f"tok/s at its real acceptance {u['real_acceptance']:.2f})")
-        au = a["auto"]
-        log(f"best fixed shape: {a['best_fixed']}; auto / best fixed = {a['auto_vs_best_fixed']:.3f} "
-            f"(auto: {au['rounds']} verify rounds, {au['plain_steps']} plain steps, drafts per position "
-            f"{au['drafted_at']})")
+        for name, au in a["autos"].items():
+            log(f"best fixed shape: {a['best_fixed_per_drafter'][name]}; {name} / best fixed = "
+                f"{a['autos_vs_best_fixed'][name]:.3f} "
+                f"({name}: {au['rounds']} verify rounds, {au['plain_steps']} plain steps, drafts per position "
+                f"{au['drafted_at']})")

@@ -36,12 +36,13 @@ def _train(a: argparse.Namespace) -> None:
 def _bench(a: argparse.Namespace) -> None:
     from .bench import bench, chart, print_table, save
 
-    model, head = a.model, a.head
+    model, head, dflash = a.model, a.head, a.dflash_head
     if a.synthetic:
         from .synthetic import ensure
 
-        target, synthetic_head = ensure(a.synthetic, a.synthetic_quant)
-        model, head = str(target), str(head or synthetic_head)
+        files = ensure(a.synthetic, a.synthetic_quant)
+        model, head = str(files.target), str(head or files.head)
+        dflash = dflash or (None if files.dflash is None else str(files.dflash))
     if not model or not head:
         sys.exit("llama-eagle3 bench: give --model and --head, or --synthetic SHAPE")
     if a.simulate_acceptance:
@@ -53,7 +54,8 @@ def _bench(a: argparse.Namespace) -> None:
             sys.exit(f"llama-eagle3 bench: {e}")
         s = simulated_bench(model, head, Path(a.prompts), acceptance, a.max_tokens, a.draft_max, a.threads,
                             n_gpu_layers=a.n_gpu_layers, max_prompts=a.max_prompts, upstream=a.upstream,
-                            upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k))
+                            upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k),
+                            dflash_head=dflash)
         print_simulated(s)
         save(s, a.json)
         return
@@ -62,7 +64,8 @@ def _bench(a: argparse.Namespace) -> None:
     s = bench(model, head, Path(a.prompts), a.max_tokens, a.draft_max, a.p_min, a.threads,
               methods=tuple(m for m in a.methods.split(",") if m), tree=(a.tree_width, a.tree_nodes or 3 * a.draft_max),
               upstream=a.upstream, upstream_n_max=tuple(int(k) for k in a.upstream_n_max.split(",") if k),
-              temperature=a.temperature, repeats=a.repeats, n_gpu_layers=a.n_gpu_layers, max_prompts=a.max_prompts)
+              temperature=a.temperature, repeats=a.repeats, n_gpu_layers=a.n_gpu_layers, max_prompts=a.max_prompts,
+              dflash_head=dflash)
     print_table(s)
     save(s, a.json)
     if a.png is not None:
@@ -142,12 +145,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                      "[vs upstream llama.cpp's C++ EAGLE-3], interleaved, greedy")
     b.add_argument("--model", default=None, help="target GGUF (or --synthetic)")
     b.add_argument("--head", default=None, help="EAGLE-3 head GGUF (or --synthetic)")
+    b.add_argument("--dflash-head", default=None,
+                   help="a DFlash head GGUF benched next to --head: methods dflash and dflash-auto, or with "
+                        "--simulate-acceptance dflash-1..--draft-max and dflash-auto (--synthetic qwen3-8b writes one)")
     b.add_argument("--prompts", required=True, help=".txt or .jsonl prompts")
     b.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts only")
     b.add_argument("--simulate-acceptance", default=None,
                    help="real costs, SIMULATED acceptance: comma-separated probabilities that draft position i is "
                         "accepted given the ones before were (0.5,0.7,0.9), or per-position lists (0.73/0.71/0.67); "
-                        "methods: plain, chain-1..--draft-max, auto")
+                        "methods: plain, chain-1..--draft-max, auto (and dflash-k, dflash-auto with a DFlash head)")
     b.add_argument("--synthetic", default=None, choices=sorted(SYNTHETIC_SHAPES),
                    help="a random-weight target and head of this published shape, written once into "
                         "~/.cache/llama-eagle3/synthetic (costs real, text meaningless: with --simulate-acceptance)")
@@ -159,7 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--methods", default="plain,lookup,eagle3,tree,auto",
                    help="comma-separated: plain, control (plain again: the machine's noise), lookup, eagle3 (chain of "
                         "--draft-max every round), tree (a tree every round), auto (adaptive: off, chain or tree), default "
-                        "(llama_eagle3.Llama with nothing set but the head)")
+                        "(llama_eagle3.Llama with nothing set but the head), dflash and dflash-auto (--dflash-head: a block of "
+                        "--draft-max every round, adaptive)")
     b.add_argument("--temperature", type=float, default=0.0, help="> 0: sample, seed = prompt index (default greedy)")
     b.add_argument("--tree-width", type=int, default=3)
     b.add_argument("--tree-nodes", type=int, default=None, help="tree node budget (default 3 x --draft-max)")

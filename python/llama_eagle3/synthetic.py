@@ -6,7 +6,9 @@ random quantized weights, and a random EAGLE-3 head of the matching published he
 is meaningless, their costs are real: a target decode reads as many bytes and runs the same
 kernels as the real model in that quantization, and a head step costs what a real head's does.
 Used with simulated acceptance (verifier.SimulatedAcceptance), they answer "how fast would
-EAGLE-3 be on this machine with a model of that size".
+EAGLE-3 be on this machine with a model of that size". Shapes with a published DFlash head
+(DFLASH_SHAPES) also get a random DFlash head of that head's shapes (z-lab layout, converted to
+q8_0), benched next to the EAGLE-3 head.
 
 Weights are written as quantized blocks directly: random quants, with the block scales fixed so
 that every weight has a standard deviation near 0.02 (the usual initialisation), which keeps
@@ -216,14 +218,50 @@ def write_head(out: Path, target: Path, shape: Shape, seed: int = 1, log: Callab
     return out
 
 
+def _dflash_shapes() -> dict:
+    """shape name -> the published DFlash head's shapes (random_dflash.DFlashShape)."""
+    from eagle3_convert.random_dflash import QWEN3_8B_DFLASH, DFlashShape
+
+    tiny = SHAPES["tiny"]
+    return {"qwen3-8b": QWEN3_8B_DFLASH,  # z-lab/Qwen3-8B-DFlash-b16
+            "tiny": DFlashShape(hidden=tiny.hidden, n_layers=2, n_head=tiny.n_head, n_kv_head=tiny.n_kv,
+                                head_dim=tiny.head_dim, intermediate=tiny.ff, vocab=tiny.vocab,
+                                target_layer_ids=(0, 3, 5), num_target_layers=tiny.n_layer, block_size=16,
+                                mask_token_id=tiny.vocab - 1, rope_theta=tiny.rope_theta)}
+
+
+def write_dflash_head(out: Path, target: Path, name: str, seed: int = 2, log: Callable[[str], None] = print) -> Path:
+    """A random DFlash head of the published head's shapes for the shape `name`, written as a z-lab
+    checkpoint (bf16, streamed) and converted (q8_0) against `target` by the converter users run."""
+    from eagle3_convert.cli import convert
+    from eagle3_convert.random_dflash import write_random_dflash_head
+
+    hf = out.with_suffix(".hf")
+    write_random_dflash_head(hf, _dflash_shapes()[name], "bf16", seed)
+    try:
+        convert(hf, str(target), out, "q8_0", log=log)
+    finally:
+        shutil.rmtree(hf, ignore_errors=True)
+    return out
+
+
+@dataclass(frozen=True)
+class SyntheticFiles:
+    target: Path
+    head: Path                # EAGLE-3
+    dflash: Optional[Path]    # None: no DFlash head is published at this shape
+
+
 def default_cache() -> Path:
     return Path.home() / ".cache" / "llama-eagle3" / "synthetic"
 
 
 def ensure(name: str, quant: str = "Q4_K_M", cache: Optional[Path] = None,
-           log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """(target GGUF, head GGUF) for the shape `name`, written once into the cache: a folder per
-    shape, quantization and writer version, its files complete only once `done.json` exists."""
+           log: Callable[[str], None] = print) -> SyntheticFiles:
+    """The target, EAGLE-3 head and (where published at this shape) DFlash head GGUFs for the shape
+    `name`, written once into the cache: a folder per shape, quantization and writer version; the
+    target and EAGLE-3 head are complete once `done.json` exists, the DFlash head once
+    `dflash.done` does."""
     if name not in SHAPES:
         raise ValueError(f"unknown synthetic shape {name!r}; choose from {', '.join(SHAPES)}")
     if quant not in QUANTS:
@@ -231,11 +269,17 @@ def ensure(name: str, quant: str = "Q4_K_M", cache: Optional[Path] = None,
     shape = SHAPES[name]
     folder = (cache or default_cache()) / f"{name}-{quant}-v{SYNTHETIC_VERSION}"
     target, head, done = folder / "target.gguf", folder / "head.gguf", folder / "done.json"
-    if done.is_file():
-        return target, head
-    folder.mkdir(parents=True, exist_ok=True)
-    log(f"writing the synthetic {name} target ({quant}) and head into {folder} (once)")
-    write_target(target, shape, quant, log=log)
-    write_head(head, target, shape, log=log)
-    done.write_text(json.dumps({"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_VERSION}))
-    return target, head
+    if not done.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        log(f"writing the synthetic {name} target ({quant}) and head into {folder} (once)")
+        write_target(target, shape, quant, log=log)
+        write_head(head, target, shape, log=log)
+        done.write_text(json.dumps({"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_VERSION}))
+    if name not in _dflash_shapes():
+        return SyntheticFiles(target, head, None)
+    dflash, dflash_done = folder / "dflash.gguf", folder / "dflash.done"
+    if not dflash_done.is_file():
+        log(f"writing the synthetic {name} DFlash head into {folder} (once)")
+        write_dflash_head(dflash, target, name, log=log)
+        dflash_done.write_text(json.dumps(asdict(_dflash_shapes()[name])))
+    return SyntheticFiles(target, head, dflash)
