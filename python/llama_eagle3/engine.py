@@ -30,10 +30,10 @@ import numpy as np
 
 from ._native import llama_cpp
 from .capture import FeatureCapture
+from .drafter import Drafter
 from .fallback import Fallback
 from .policy import DraftPolicy
 from .ngram import NgramDrafter
-from .proposer import Eagle3Proposer
 from .stats import SpeculativeStats
 from .rounds import chain_round, ngram_round
 from .verifier import SimulatedAcceptance
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 
 class Engine:
-    def __init__(self, llm: "Llama", drafter: Eagle3Proposer, capture: FeatureCapture, policy: DraftPolicy,
+    def __init__(self, llm: "Llama", drafter: Drafter, capture: FeatureCapture, policy: DraftPolicy,
                  draft_max: int, p_min: float, tree_width: int, tree_nodes: int, ngram_max: int = 0):
         self.llm, self.drafter, self.capture, self.policy = llm, drafter, capture, policy
         self.draft_max, self.p_min, self.tree_width, self.tree_nodes = draft_max, p_min, tree_width, tree_nodes
