@@ -301,3 +301,33 @@ def test_bench_runs_dflash_next_to_eagle3(targets, heads, dflash_heads, tmp_path
     assert "eagle3" in s["speculative"]["eagle3"]["drafters"]
     with pytest.raises(ValueError, match="--dflash-head"):
         bench.bench(str(targets["llama"]), str(heads["llama"]), prompts, methods=("plain", "dflash"), log=quiet)
+
+
+def test_hub_id_logprobs_and_server_settings(targets, dflash_heads, tmp_path, monkeypatch):
+    """A DFlash head by hub id (offline, from a hub cache laid out as huggingface_hub writes it),
+    converted once into the heads cache; completions' logprobs are the target's own; the server's
+    model settings load it like an EAGLE-3 head."""
+    from test_hub import lay_out_repo
+
+    hf, _ = dflash_heads["llama"]
+    lay_out_repo(tmp_path / "hub", "tiny-org/tiny-dflash", {f: hf / f for f in ("config.json", "model.safetensors")},
+                 "c" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("LLAMA_EAGLE3_CACHE", str(tmp_path / "heads"))
+    spec = spec_llm(targets["llama"], "tiny-org/tiny-dflash", logits_all=True)
+    assert isinstance(spec._engine.drafter, DFlashDrafter)
+    plain = plain_llm(targets["llama"], logits_all=True)
+    want = plain.create_completion("the cat sat", max_tokens=16, temperature=0.0, logprobs=3)["choices"][0]
+    got = spec.create_completion("the cat sat", max_tokens=16, temperature=0.0, logprobs=3)["choices"][0]
+    assert got["text"] == want["text"] and spec.speculative_stats()["drafters"]["dflash"]["rounds"] > 0
+    np.testing.assert_allclose(got["logprobs"]["token_logprobs"], want["logprobs"]["token_logprobs"], atol=1e-4)
+    for a, b in zip(got["logprobs"]["top_logprobs"], want["logprobs"]["top_logprobs"]):
+        assert a.keys() == b.keys()
+    pytest.importorskip("llama_cpp.server")
+    from llama_eagle3.server import Eagle3LlamaProxy, Eagle3ModelSettings
+
+    settings = Eagle3ModelSettings(model=str(targets["llama"]), eagle3_head="tiny-org/tiny-dflash", n_ctx=256,
+                                   n_threads=1, n_threads_batch=1, verbose=False, eagle3_adaptive=False)
+    served = Eagle3LlamaProxy.load_llama_from_model_settings(settings)
+    assert isinstance(served._engine.drafter, DFlashDrafter)
