@@ -21,7 +21,7 @@ import policy_sim
 def measured(policy: DraftPolicy, t: dict[int, float], c: float, alphas: list[float]) -> None:
     """Gives the policy these costs and acceptance estimates."""
     for n, sec in t.items():
-        for _ in range(policy.warmup_rounds):
+        for _ in range(policy.tree.warmup_rounds):
             policy.observe_decode(n, sec)
     policy.observe_draft(1, c)
     for estimate, a in zip(policy._alpha, alphas):
@@ -132,14 +132,14 @@ def test_trees_win_where_verification_is_flat_and_lose_where_it_is_not():
         p = DraftPolicy(4, tree_width=3, tree_nodes=12)
         measured(p, t, tree_draft / 4, [0.6, 0.5, 0.5, 0.5])
         assert p.choose_tree()  # warm-up: tree rounds are measured before the model decides
-        for _ in range(p.warmup_rounds):
+        for _ in range(p.tree.warmup_rounds):
             p.observe_tree(round(1.2 * p.expected_tokens(4)), tree_draft)
         assert p.choose_tree() is want
     # verifying 13 rows measured here at ~8.7x one row: even a tree accepted to full depth every
     # round loses to plain decoding, so no tree round is tried
     slow = DraftPolicy(4, tree_width=3, tree_nodes=12)
     measured(slow, {**CPU, 13: 100.7e-3}, 0.77e-3, [0.6, 0.5, 0.5, 0.5])
-    assert slow.tree_bound() < 1 / CPU[1] and not slow.choose_tree()
+    assert slow.tree.bound(slow) < 1 / CPU[1] and not slow.choose_tree()
     assert DraftPolicy(4, adaptive=False, tree_width=2, tree_nodes=8).choose_tree()
     assert not DraftPolicy(4, adaptive=False).choose_tree()
 

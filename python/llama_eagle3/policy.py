@@ -37,14 +37,7 @@ rebuild each time (simulated bench, acceptance 0.9: auto at 0.94 of the best fix
 while it drafts, choose() keeps the chain length it chose last unless another beats it by
 `switch_margin` (between drafting and plain decoding it takes the better, as before).
 
-Trees (tree_width > 1, tree.py): a tree of `tree_nodes` nodes and depth k_max commits
-E_tree = gain * E(k_max) tokens per round and costs T(tree_nodes + 1) + its drafting time,
-with gain (tree tokens per round over the chain's E(k_max) at the time) and the drafting
-time measured on tree rounds. `warmup_rounds` tree rounds measure them, unless even a tree
-that committed k_max + 1 tokens every round would lose to the best chain (tree_bound());
-from then on a round drafts the tree when its rate beats the best chain's. On a
-compute-bound CPU T(n) grows with n and the tree loses; on a bandwidth-bound GPU T(n) ~ T(1)
-and the tree's extra acceptance is nearly free.
+Trees (tree_width > 1): tree_price.py prices them against the best chain.
 """
 
 from __future__ import annotations
@@ -53,18 +46,18 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from .acceptance import Acceptance, expected_tokens
-from .costs import CostTable, Ema
+from .costs import CostTable
 from .explore import Explorer
 from .probes import ProbeSchedule
+from .tree_price import TreePrice
 
 
 @dataclass
 class DraftPolicy:
     k_max: int
     adaptive: bool = True
-    tree_width: int = 1          # > 1: trees of this width are a candidate shape
-    tree_nodes: int = 0          # node budget of a tree
-    warmup_rounds: int = 4       # tree rounds that measure its gain before the cost model decides
+    tree_width: int = 1          # > 1: trees of this width are a candidate shape (tree_price.py) ...
+    tree_nodes: int = 0          # ... of this node budget
     alpha_prior: float = 0.5
     alpha_decay: float = 0.95    # acceptance estimates weigh about the last 1 / (1 - alpha_decay) outcomes ...
     alpha_fade: float = 0.97     # ... and fade back towards the previous position's by this per unsampled round
@@ -78,9 +71,7 @@ class DraftPolicy:
     probes: ProbeSchedule = field(default_factory=ProbeSchedule)
     explorer: Explorer = field(default_factory=Explorer)
     _alpha: list[Acceptance] = field(default_factory=list)
-    _tree_gain: Ema = field(default_factory=lambda: Ema(0.85))
-    _tree_c: Ema = field(default_factory=lambda: Ema(0.9))
-    _tree_rounds: int = 0
+    tree: TreePrice = field(default_factory=TreePrice)
     _decision: Optional[tuple[bool, int]] = None  # decide()'s answer until a measurement changes it
     _chosen: Optional[int] = None                # the chain length decide() chose last (switch_margin)
     _decode_samples: int = 0                     # observe_decode calls since it was made
@@ -93,6 +84,7 @@ class DraftPolicy:
     def __post_init__(self) -> None:
         self._alpha = [Acceptance(self.alpha_decay, self.alpha_fade) for _ in range(self.k_max)]
         self._t1_gap = self.t1_refresh_every
+        self.tree.width, self.tree.nodes = self.tree_width, self.tree_nodes
 
     # ---- measurements ------------------------------------------------------------------
 
@@ -185,9 +177,7 @@ class DraftPolicy:
     def observe_tree(self, committed: int, draft_seconds: float) -> None:
         """A tree round committed `committed` tokens (bonus included); drafting took draft_seconds."""
         self._verified()
-        self._tree_rounds += 1
-        self._tree_gain.add(committed / self.expected_tokens(self.k_max))
-        self._tree_c.add(draft_seconds)
+        self.tree.observe(committed, self.expected_tokens(self.k_max), draft_seconds)
 
     def observe_probe(self, hit: bool, seconds: float) -> None:
         """A probe (its head time: seconds) drafted the committed token (hit) or not."""
@@ -225,24 +215,9 @@ class DraftPolicy:
         e = self.expected_tokens(k) if alpha is None else expected_tokens(lambda i: alpha, k)
         return e / (c + e * self.costs.consumer)
 
-    def tree_rate(self) -> Optional[float]:
-        """E_tree / C_tree in tokens per second, or None before tree rounds were measured."""
-        t = self.cost(self.tree_nodes + 1)
-        if self._tree_gain.value is None or t is None:
-            return None
-        e = self._tree_gain.value * self.expected_tokens(self.k_max)
-        return e / (t + self._tree_c.value + self.costs.overhead(self.tree_nodes + 1) + e * self.costs.consumer)
-
     def _warming_up(self) -> bool:
         """T(1) not measured yet: plain rounds; T(k_max + 1) or c not yet: chains of k_max."""
         return self.costs.n(1) < 2 or self.costs.n(self.k_max + 1) < 2 or self.costs.step is None
-
-    def tree_bound(self) -> Optional[float]:
-        """The most a tree could commit per second: k_max + 1 tokens every round, drafted no
-        slower than a chain of k_max. Trees are not even tried where this loses to a chain."""
-        t = self.cost(self.tree_nodes + 1)
-        c = self.costs.step
-        return None if t is None or c is None else (self.k_max + 1) / (t + self.costs.draft_cost(self.k_max))
 
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
@@ -275,10 +250,7 @@ class DraftPolicy:
             return True
         if self._warming_up():
             return False
-        best_chain = max(r for r in map(self.expected_rate, range(self.k_max + 1)) if r is not None)
-        if self._tree_rounds < self.warmup_rounds:
-            return self.tree_bound() > best_chain
-        return self.tree_rate() > best_chain
+        return self.tree.beats(self, max(r for r in map(self.expected_rate, range(self.k_max + 1)) if r is not None))
 
     def choose(self) -> int:
         """Tokens to draft this round (0: plain decoding)."""
@@ -340,7 +312,7 @@ class DraftPolicy:
         if not self.adaptive or self.k_max == 0 or self._warming_up():
             return False
         plain = self.expected_rate(0)
-        if plain is None or (self.tree_width > 1 and (self.tree_bound() or 0.0) * self.cost(1) > 1.0):
+        if plain is None or (self.tree_width > 1 and (self.tree.bound(self) or 0.0) * self.cost(1) > 1.0):
             return False
         a = self.alpha_upper() if self.first_outcomes() >= min_outcomes else 1.0
         return all((self.expected_rate(k, a) or 0.0) <= plain for k in range(1, self.k_max + 1))
@@ -380,6 +352,5 @@ class DraftPolicy:
         breakeven = self.breakeven_alpha()
         breakeven = None if breakeven is None else round(breakeven, 3) if breakeven != float("inf") else "none pays"
         return {"alpha": [round(self.alpha(i), 3) for i in range(self.k_max)],
-                "tree_gain": None if self._tree_gain.value is None else round(self._tree_gain.value, 3),
-                "tree_draft_ms": None if self._tree_c.value is None else round(1e3 * self._tree_c.value, 3),
+                **self.tree.snapshot(),
                 "alpha_upper": round(self.alpha_upper(), 3) if self.k_max else None, "breakeven_alpha": breakeven, **self.costs.snapshot()}
