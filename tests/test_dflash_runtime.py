@@ -135,6 +135,7 @@ def test_greedy_identical_one_decode_per_block(arch, drafter, targets, dflash_he
         assert 0 < stats["accepted"] < stats["drafted"] and stats["accepted_at"][3] > 0
     else:  # p_min 0, adaptive off: every round drafts a full block of 4
         assert all(n == 4 for *_, n in counter.proposals)
+        assert stats["head_decodes"] == stats["proposals"] == dflash.n_blocks
 
 
 def test_sampling_seed_for_seed_and_adaptive(targets, dflash_heads):
@@ -258,6 +259,8 @@ def test_smollm2_random_dflash_head(tmp_path, smollm2, monkeypatch):
     spec = spec_llm(smollm2, head, eagle3_draft_max=8)
     counter = HeadCalls(monkeypatch, spec._engine.drafter)
     assert greedy_tokens(spec, prompt, 24) == ref
+    head = spec.speculative_stats()
+    assert head["head_decodes"] == head["proposals"] == len(counter.proposals) > 0  # one block decode each
     oracle.install(spec, [ref], error_rate=0.2)
     assert greedy_tokens(spec, prompt, 24) == ref
     stats = spec.speculative_stats()

@@ -235,13 +235,18 @@ class Llama(llama_cpp.Llama):
         if self._engine is None:
             return {**SpeculativeStats().as_dict(), "policy": self._policy.snapshot()}
         engine = self._engine
-        return {**engine.stats.as_dict(),
-                "policy": {**self._policy.snapshot(), **engine.fallback.snapshot(),
-                           **(engine.ngram.snapshot() if engine.ngram is not None else {})}}
+        out = {**engine.stats.as_dict(),
+               "policy": {**self._policy.snapshot(), **engine.fallback.snapshot(),
+                          **(engine.ngram.snapshot() if engine.ngram is not None else {})}}
+        if isinstance(engine.drafter, DFlashDrafter):  # one block decode per proposal
+            out["head_decodes"] = engine.drafter.n_blocks
+        return out
 
     def reset_speculative_stats(self) -> None:
         if self._engine is not None:
             self._engine.stats = SpeculativeStats()
+            if isinstance(self._engine.drafter, DFlashDrafter):
+                self._engine.drafter.n_blocks = 0
 
     def _bench_configure(self, policy: DraftPolicy, simulated: Optional[SimulatedAcceptance],
                          stats: SpeculativeStats, fallback: Fallback) -> None:

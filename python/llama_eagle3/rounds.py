@@ -58,6 +58,7 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
             proposed = drafter.propose(llm.input_ids, pending[0], max(k, 1), engine.p_min)
             draft_seconds = time.perf_counter() - t0
             stats.draft_seconds += draft_seconds
+            stats.proposals += 1
             if k > 0 and steady:
                 policy.observe_draft(len(proposed), draft_seconds, asked=k)
             drafts, probe = (proposed, []) if k > 0 else ([], proposed)

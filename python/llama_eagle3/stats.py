@@ -18,6 +18,7 @@ class SpeculativeStats:
     probe_hits: int = 0          # ... whose draft was the committed token
     accepted_at: list[int] = field(default_factory=list)  # accepted_at[i]: rounds whose draft i was accepted
     drafted_at: list[int] = field(default_factory=list)   # drafted_at[i]: rounds that drafted a token i
+    proposals: int = 0           # drafter proposals (verify rounds' and probes'; n-gram copies apart)
     draft_seconds: float = 0.0   # head: catch-up decode + chain steps
     verify_seconds: float = 0.0  # target decodes of verify rounds (features included)
     sample_seconds: float = 0.0  # sampling the verify rows

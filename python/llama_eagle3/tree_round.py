@@ -31,6 +31,7 @@ def tree_round(engine: "Engine", root: int, t_round: float) -> tuple[list[int], 
                                        engine.tree_nodes).depth_first()
     t1 = time.perf_counter()
     stats.draft_seconds += t1 - t0
+    stats.proposals += 1
     seqs = tree.row_sequences()                      # [1 + m] sequence ids per batch row
     features = decode_tree(engine, [root, *tree.tokens], [n0, *(n0 + d for d in tree.depth)], seqs)
     t2 = time.perf_counter()
