@@ -30,7 +30,7 @@ from .train.prompts import load_prompts
 METHODS = ("plain", "control", "lookup", "eagle3", "tree", "auto", "dflash", "dflash-auto", "default")
 DEFAULT_METHODS = ("plain", "lookup", "eagle3", "tree", "auto")
 SPECULATIVE = ("eagle3", "tree", "auto", "dflash", "dflash-auto", "default")
-_STATS = ("rounds", "drafted", "accepted", "plain_steps", "fallback_steps", "uncaptured_steps", "probes", "drafters", "mean_accepted_length", "acceptance_rate",
+_STATS = ("rounds", "proposals", "head_decodes", "drafted", "accepted", "plain_steps", "fallback_steps", "uncaptured_steps", "probes", "drafters", "mean_accepted_length", "acceptance_rate",
           "acceptance_at", "draft_seconds", "verify_seconds", "sample_seconds", "plain_decode_seconds",
           "overhead_seconds", "policy")
 
@@ -234,7 +234,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
         summary["methods"][name] = m
         if name in SPECULATIVE:
             stats = llms[name].speculative_stats()
-            summary["speculative"][name] = {k: stats[k] for k in _STATS}
+            summary["speculative"][name] = {k: stats[k] for k in _STATS if k in stats}
     if "plain" in summary["methods"]:
         plain = summary["methods"]["plain"]
         t1 = 1e3 * plain["seconds"] / max(plain["tokens"], 1)
@@ -272,7 +272,8 @@ def print_table(s: dict, log=print) -> None:
     log(f"\n{s['n_prompts']} prompts, {s['max_tokens']} max new tokens, {sampling}, {_where(s)}{best}; "
         f"eagle3: chain of {s['draft_max']} every round (p_min {s['p_min']}); tree: width {s['tree_width']}, "
         f"{s['tree_nodes']} nodes, depth {s['draft_max']} every round; auto: adaptive (off, chain <= "
-        f"{s['draft_max']} or the tree)")
+        f"{s['draft_max']} or the tree)" + ("; dflash: a block of that many drafts every round, dflash-auto: "
+                                            "adaptive" if s.get("dflash_head") else ""))
     log(f"{'method':<10}{'tokens/s':>10}{'vs plain':>10}{'median':>9}{'min':>7}{'identical':>11}{'MAL':>7}")
     for name, m in s["methods"].items():
         ratio = f"{m['tokens_per_second'] / plain['tokens_per_second']:.2f}x" if plain else ""
@@ -298,8 +299,10 @@ def print_table(s: dict, log=print) -> None:
         log(f"{name}: {e['rounds']} verify rounds, {e['plain_steps']} plain steps; mean accepted length "
             f"{e['mean_accepted_length']:.2f} (tokens per verify, bonus included); acceptance per draft position "
             f"{[round(a, 3) for a in e['acceptance_at']]}; measured T(n) ms {p['decode_ms']}, "
-            f"head step {p['draft_step_ms']} ms; loop overhead outside the models "
-            f"{1e3 * e['overhead_seconds'] / max(e['rounds'] + e['plain_steps'], 1):.3f} ms per round")
+            f"{'proposal' if p.get('draft_priced_per') == 'proposal' else 'head step'} {p['draft_step_ms']} ms; "
+            f"loop overhead outside the models "
+            f"{1e3 * e['overhead_seconds'] / max(e['rounds'] + e['plain_steps'], 1):.3f} ms per round"
+            + (f"; {e['head_decodes']} head decodes for {e['proposals']} proposals" if "head_decodes" in e else ""))
     for name, proj in s.get("bandwidth_bound_projection", {}).items():
         if proj:
             log(f"on a bandwidth-bound device (T(n) ~ T(1)) the {name} acceptance would give about "
