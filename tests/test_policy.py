@@ -250,7 +250,7 @@ def test_a_wrong_start_up_t1_is_corrected_while_speculating():
     assert abs(p.cost(1) - true_t1) < 1e-12                  # the refresh's samples outvote start-up's
     # then plain for good, but for re-measurements of chain-1 (it beats plain at the optimistic bound)
     after = chosen[p.t1_refresh_every:]
-    assert set(after) == {0, 1} and after.count(1) <= p.explorer.explore_rounds and after[:30] == [0] * 30
+    assert set(after) <= {0, 1} and after.count(1) <= p.explorer.explore_rounds and after[:30] == [0] * 30
 
 
 def _run_rounds(p: DraftPolicy, true: dict[int, float], c: float, alpha: float, n: int) -> list[int]:
