@@ -189,10 +189,11 @@ class MtpDrafter(PendingFeatures):
     def truncate(self, m: int) -> int:
         """The target keeps [0, m); returns how many it may keep (<= m) so that every kept position
         from head_start on has its state here: pending, or paired with a token the target keeps."""
-        m = min(m, self.feature_end)
-        if m > self.head_n:
+        if m > self.head_n:  # the tokens of every consumed pair (positions <= head_n) stay
+            m = min(m, self.feature_end)
             keep = m - self.head_n
-            self._pending, self._n_pending = [self._pending_rows()[:keep]], keep
+            if self._n_pending > keep:
+                self._pending, self._n_pending = [self._pending_rows()[:keep]], keep
             return m
         if m <= self.head_start:
             self._restart(m)

@@ -113,7 +113,7 @@ def _start(path: Path, s: MtpShape, name: str):
     return w
 
 
-def write_tiny_mtp_target(path: Path, seed: int = 0, noise: float = 0.35, shape: MtpShape = TINY) -> Path:
+def write_tiny_mtp_target(path: Path, seed: int = 0, noise: float = 1.5, shape: MtpShape = TINY) -> Path:
     """The test model (module docstring), Q8_0 matrices. `noise` scales the trunk's attention and
     FFN outputs: the larger, the more the target's next token depends on context beyond the last
     token, and the less often the NextN layer (which sees the last token and one state) agrees."""
