@@ -25,11 +25,11 @@ def mtp_target(tmp_path_factory) -> Path:
 
 
 def plain_llm(target: Path, **kw) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(target), n_ctx=512, n_threads=1, verbose=False, flash_attn=True, **kw)
+    return llama_cpp.Llama(str(target), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, flash_attn=True, **kw)
 
 
 def spec_llm(target: Path, **kw) -> Llama:
-    base = dict(n_ctx=512, n_threads=1, verbose=False, eagle3_head="mtp", eagle3_draft_max=4,
+    base = dict(n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, eagle3_head="mtp", eagle3_draft_max=4,
                 eagle3_adaptive=False, eagle3_p_min=0.0, eagle3_ngram=False)
     return Llama(str(target), **{**base, **kw})
 
@@ -115,3 +115,23 @@ def test_a_target_without_nextn_layers_is_refused(targets, mtp_target, tmp_path,
 def test_tree_width_refused(mtp_target):
     with pytest.raises(ValueError, match="chains only"):
         spec_llm(mtp_target, eagle3_tree_width=2)
+
+
+def test_synthetic_mtp_shape_benches(tmp_path, monkeypatch):
+    """bench --synthetic tiny-mtp: the random-block writer's target drafts with its own NextN layer
+    next to plain decoding, with predicted and measured rates."""
+    from llama_eagle3.bench_simulated import simulated_bench
+    from llama_eagle3.synthetic_mtp import ensure_mtp
+
+    target = ensure_mtp("tiny-mtp", "Q8_0", tmp_path, log=lambda *a: None)
+    assert ensure_mtp("tiny-mtp", "Q8_0", tmp_path, log=lambda *a: None) == target  # written once
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hello there"}\n')
+    s = simulated_bench(str(target), "mtp", prompts, [[0.6], [0.8]], max_tokens=12, draft_max=2, threads=1,
+                        log=lambda *a: None)
+    for label in ("0.6", "0.8"):
+        a = s["simulated"][label]
+        assert set(a["tokens_per_second"]) == {"plain", "chain-1", "chain-2", "auto"}
+        assert a["predicted_tokens_per_second"]["chain-2"] > 0 and a["costs_ms"]["draft_step"] > 0
+    with pytest.raises(ValueError, match="tiny-mtp"):
+        ensure_mtp("glm-9b-mtp")

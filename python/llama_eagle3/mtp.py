@@ -52,25 +52,32 @@ MTP_HYBRID_ARCHS = frozenset({"qwen35", "qwen35moe", "qwen3next", "nemotron_h_mo
 TESTED_ARCHS = frozenset({"glm4moe"})  # drafted in this project's tests (synthetic_mtp.py)
 
 
-def check_mtp_target(path: Path) -> str:
-    """The target's architecture if llama.cpp can draft with its NextN layers; else ValueError
-    saying why (read from the GGUF header: llama.cpp aborts the process on a missing NextN tensor)."""
+def mtp_support(path: Path) -> tuple[str, Optional[str]]:
+    """(architecture, None) if llama.cpp can draft with the target's NextN layers, else (architecture,
+    why not), read from the GGUF header (llama.cpp aborts the process on a missing NextN tensor).
+    Raises ValueError for an unreadable file."""
     try:
         meta, tensors = (h := read_gguf_header(Path(path))).meta, h.tensors
     except (ConversionError, OSError) as e:
         raise ValueError(f'eagle3_head="mtp": cannot read {path}: {e}') from None
     arch = str(meta.get("general.architecture", "unknown"))
     n_nextn = int(meta.get(f"{arch}.nextn_predict_layers", 0) or 0)
-    block_count = int(meta.get(f"{arch}.block_count", 0) or 0)
-    probe = f"blk.{block_count - 1}.nextn.eh_proj.weight"
-    if n_nextn == 0 or probe not in tensors:
-        why = (f"its metadata declares {n_nextn} NextN layers but the file has no {probe} (a trunk-only "
-               f"conversion)") if n_nextn else f"it has no NextN (MTP) layers ({arch}.nextn_predict_layers is absent)"
-        raise ValueError(f'eagle3_head="mtp": {path} cannot draft for itself: {why}. Use a GGUF converted with '
-                         f'its MTP layers, an EAGLE-3 or DFlash head, or eagle3_head="ngram"')
+    probe = f"blk.{int(meta.get(f'{arch}.block_count', 0) or 0) - 1}.nextn.eh_proj.weight"
+    if n_nextn == 0:
+        return arch, f"it has no NextN (MTP) layers ({arch}.nextn_predict_layers is absent or 0)"
+    if probe not in tensors:
+        return arch, f"its metadata declares {n_nextn} NextN layers but it has no {probe} (a trunk-only conversion)"
     if arch not in MTP_ARCHS | MTP_HYBRID_ARCHS:
-        raise ValueError(f'eagle3_head="mtp": {path} carries NextN layers, but llama.cpp has no MTP graph for '
-                         f"architecture {arch!r} (it drafts MTP for {', '.join(sorted(MTP_ARCHS | MTP_HYBRID_ARCHS))})")
+        return arch, f"llama.cpp has no MTP graph for architecture {arch!r}, though the file carries NextN layers"
+    return arch, None
+
+
+def check_mtp_target(path: Path) -> str:
+    """The target's architecture if llama.cpp can draft with its NextN layers, else ValueError why."""
+    arch, why = mtp_support(path)
+    if why is not None:
+        raise ValueError(f'eagle3_head="mtp": {path} cannot draft for itself: {why}. Use a GGUF with NextN layers '
+                         f'(docs/mtp.md), an EAGLE-3 or DFlash head, or eagle3_head="ngram"')
     return arch
 
 

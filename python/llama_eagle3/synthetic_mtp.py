@@ -13,19 +13,20 @@ Two writers:
       of the vocabulary (token x is followed by perm(x)) up to the trunk's context-dependent
       noise, and whose NextN layer predicts that permutation too: its drafts are often, not
       always, right, so rounds accept and reject at every position.
-  write_mtp_target       random quantized blocks at a published shape (bench --synthetic), its
-      costs real, its text meaningless (see synthetic.py).
+  write_mtp_target       random quantized blocks at a published shape (bench --synthetic
+      glm-4.5-air-mtp), its costs real, its text meaningless (see synthetic.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .synthetic import N_SPECIALS, random_blocks, synthetic_tokenizer
+from .synthetic import N_SPECIALS, default_cache, random_blocks, synthetic_tokenizer
 
 ARCH = "glm4moe"
 
@@ -47,9 +48,19 @@ class MtpShape:
     rope_dim: int       # rotary dimensions per head (GLM-4.5: half the head)
 
 
-# GLM-4.5-Air's published config (106B-A12B: 46 layers, 128 experts of 1408, 8 used, 1 shared)
-GLM45_AIR = MtpShape(46, 4096, 96, 8, 128, 10944, 1, 128, 8, 1408, 151552, 1000000.0, 64)
+# GLM-4.5-Air's published config (106B-A12B: 46 layers + 1 NextN, hidden 4096, 96 heads of 128, 8 KV
+# heads, layer 0 dense (10944), then 128 experts of 1408 with 8 used and 1 shared, vocabulary
+# 151552) with 16 experts per layer instead of 128: a token reads and computes as much as Air's
+# (8 routed + 1 shared expert, the same attention and vocabulary), the file is 12 GB at Q4_0
+# instead of 62. A verify batch's rows share experts more often than Air's would, so where T(n)
+# follows the bytes read (GPUs, Apple Silicon) it is understated for n > 1; a compute-bound CPU
+# computes every (row, expert) pair either way.
+GLM45_AIR_LIKE = MtpShape(46, 4096, 96, 8, 128, 10944, 1, 16, 8, 1408, 151552, 1000000.0, 64)
 TINY = MtpShape(4, 64, 4, 2, 16, 128, 4, 4, 2, 32, 320, 10000.0, 16)
+# bench --synthetic NAME (the target drafts with its own NextN layer: eagle3_head="mtp")
+MTP_SHAPES: dict[str, MtpShape] = {"glm-4.5-air-mtp": GLM45_AIR_LIKE, "tiny-mtp": TINY}
+MTP_QUANTS = ("Q4_0", "Q8_0")
+SYNTHETIC_MTP_VERSION = 1  # part of the cache key: bump when the files written here change
 
 
 def _keys(s: MtpShape) -> dict:
@@ -161,8 +172,8 @@ def write_mtp_target(path: Path, s: MtpShape, quant: str, seed: int = 0, log: Ca
     one tensor at a time); the output matrix Q8_0, the special tokens' rows zero."""
     import gguf
 
-    if quant not in ("Q4_0", "Q8_0"):
-        raise ValueError(f"synthetic MTP targets come in Q4_0 or Q8_0, got {quant!r}")
+    if quant not in MTP_QUANTS:
+        raise ValueError(f"synthetic MTP targets come in {' or '.join(MTP_QUANTS)}, got {quant!r}")
     rng = np.random.default_rng(seed)
     w = _start(path, s, f"synthetic {ARCH} with a NextN layer (random weights)")
     plan = list(tensor_plan(s))
@@ -194,3 +205,23 @@ def write_mtp_target(path: Path, s: MtpShape, quant: str, seed: int = 0, log: Ca
             log(f"  {path.name}: tensor {j + 1}/{len(plan)}")
     w.close()
     return path
+
+
+def ensure_mtp(name: str, quant: str = "Q4_0", cache: Optional[Path] = None,
+               log: Callable[[str], None] = print) -> Path:
+    """The target GGUF of MTP shape `name` (its drafter is inside), written once into the cache as
+    synthetic.ensure writes its models: complete only once `done.json` exists."""
+    if name not in MTP_SHAPES:
+        raise ValueError(f"unknown synthetic MTP shape {name!r}; choose from {', '.join(MTP_SHAPES)}")
+    if quant not in MTP_QUANTS:
+        raise ValueError(f"synthetic MTP targets come in {' or '.join(MTP_QUANTS)}, got {quant!r}")
+    shape = MTP_SHAPES[name]
+    folder = (cache or default_cache()) / f"{name}-{quant}-v{SYNTHETIC_MTP_VERSION}"
+    target, done = folder / "target.gguf", folder / "done.json"
+    if done.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"writing the synthetic {name} target ({quant}, with its NextN layer) into {folder} (once)")
+    write_mtp_target(target, shape, quant, log=log)
+    done.write_text(json.dumps({"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_MTP_VERSION}))
+    return target
