@@ -135,3 +135,12 @@ def test_synthetic_mtp_shape_benches(tmp_path, monkeypatch):
         assert a["predicted_tokens_per_second"]["chain-2"] > 0 and a["costs_ms"]["draft_step"] > 0
     with pytest.raises(ValueError, match="tiny-mtp"):
         ensure_mtp("glm-9b-mtp")
+
+
+def test_split_gguf_with_the_nextn_layer_in_a_later_file(tmp_path):
+    first = write_tiny_mtp_target(tmp_path / "split.gguf", split_max_tensors=30)
+    assert first.name == "split-00001-of-00002.gguf"
+    assert check_mtp_target(first) == "glm4moe"  # its NextN tensors are in the second file
+    spec = spec_llm(first)
+    assert text(spec, "the cat", 20) == text(plain_llm(first), "the cat", 20)
+    assert spec.speculative_stats()["drafters"]["mtp"]["accepted"] > 0

@@ -19,7 +19,7 @@ from .calibration import calibrate
 from .capture import CaptureMode, FeatureCapture, context_address
 from .dflash import DFlashDrafter, check_dflash_gguf, head_architecture
 from .engine import Engine
-from .mtp import MTP, MtpDrafter, NextnCapture, check_mtp_target, loading_nextn_layers
+from .mtp import MTP, MTP_HYBRID_ARCHS, MtpDrafter, NextnCapture, check_mtp_target, loading_nextn_layers
 from .nohead import NGRAM_ONLY, NoCapture, NoHeadDrafter
 from .fallback import Fallback
 from .hub import cached_repo_file, offline, resolve_head
@@ -93,7 +93,7 @@ class Llama(llama_cpp.Llama):
                                    tree_nodes=self.eagle3_tree_nodes)
         if eagle3_capture not in ("auto", "hook", "builtin"):
             raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {eagle3_capture!r}")
-        head_path = None
+        head_path, load_nextn = None, False
         if eagle3_head is not None:
             if kwargs.get("draft_model") is not None:
                 raise ValueError("eagle3_head and draft_model cannot be combined")
@@ -105,8 +105,8 @@ class Llama(llama_cpp.Llama):
                 head_path = eagle3_head
             else:
                 head_path = resolve_head(eagle3_head, model_path)
-            if head_path == MTP:
-                check_mtp_target(Path(model_path))  # raises before anything loads
+            # raises before anything loads; a recurrent/hybrid target generates plainly (_attach_mtp)
+            load_nextn = head_path == MTP and check_mtp_target(Path(model_path)) not in MTP_HYBRID_ARCHS
             # llama.cpp's attention without flash attention gives different results for a token
             # decoded alone and the same token inside a batch (measured on CPU: up to 1.7 in a
             # logit), so no batched verification could reproduce plain decoding bit for bit.
@@ -115,7 +115,7 @@ class Llama(llama_cpp.Llama):
                 warnings.warn("flash_attn=False: llama.cpp's attention then depends on the batch size, so "
                               "speculative output may differ from plain decoding; use flash_attn=True for "
                               "identical output", stacklevel=2)
-        with loading_nextn_layers() if head_path == MTP else contextlib.nullcontext():
+        with loading_nextn_layers() if load_nextn else contextlib.nullcontext():
             super().__init__(model_path, *args, **kwargs)
         self._policy.graph_rebuilds = self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         if head_path is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import threading
 import time
 from pathlib import Path
@@ -57,7 +58,9 @@ def mtp_support(path: Path) -> tuple[str, Optional[str]]:
     why not), read from the GGUF header (llama.cpp aborts the process on a missing NextN tensor).
     Raises ValueError for an unreadable file."""
     try:
-        meta, tensors = (h := read_gguf_header(Path(path))).meta, h.tensors
+        meta, tensors = (h := read_gguf_header(Path(path))).meta, set(h.tensors)
+        for other in _other_splits(Path(path), int(meta.get("split.count", 1) or 1)):
+            tensors |= set(read_gguf_header(other).tensors)
     except (ConversionError, OSError) as e:
         raise ValueError(f'eagle3_head="mtp": cannot read {path}: {e}') from None
     arch = str(meta.get("general.architecture", "unknown"))
@@ -70,6 +73,15 @@ def mtp_support(path: Path) -> tuple[str, Optional[str]]:
     if arch not in MTP_ARCHS | MTP_HYBRID_ARCHS:
         return arch, f"llama.cpp has no MTP graph for architecture {arch!r}, though the file carries NextN layers"
     return arch, None
+
+
+def _other_splits(path: Path, count: int) -> list[Path]:
+    """The other files of a split GGUF (llama.cpp's names: <prefix>-00001-of-0000N.gguf)."""
+    m = re.fullmatch(r"(.*)-(\d{5})-of-(\d{5})\.gguf", path.name)
+    if count <= 1 or m is None:
+        return []
+    names = [f"{m[1]}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    return [path.with_name(n) for n in names if n != path.name]
 
 
 def check_mtp_target(path: Path) -> str:

@@ -110,12 +110,12 @@ def tensor_plan(s: MtpShape) -> Iterator[tuple[str, tuple[int, ...]]]:
             yield b + "nextn.shared_head_norm.weight", (H,)
 
 
-def _start(path: Path, s: MtpShape, name: str):
+def _start(path: Path, s: MtpShape, name: str, split_max_tensors: int = 0):
     import gguf
 
     from eagle3_convert.gguf_io import write_kv
 
-    w = gguf.GGUFWriter(str(path), ARCH)
+    w = gguf.GGUFWriter(str(path), ARCH, split_max_tensors=split_max_tensors)
     for k, v in _keys(s).items():
         write_kv(w, f"{ARCH}.{k}", v)
     write_kv(w, "general.name", name)
@@ -124,10 +124,13 @@ def _start(path: Path, s: MtpShape, name: str):
     return w
 
 
-def write_tiny_mtp_target(path: Path, seed: int = 0, noise: float = 1.5, shape: MtpShape = TINY) -> Path:
+def write_tiny_mtp_target(path: Path, seed: int = 0, noise: float = 1.5, shape: MtpShape = TINY,
+                          split_max_tensors: int = 0) -> Path:
     """The test model (module docstring), Q8_0 matrices. `noise` scales the trunk's attention and
     FFN outputs: the larger, the more the target's next token depends on context beyond the last
-    token, and the less often the NextN layer (which sees the last token and one state) agrees."""
+    token, and the less often the NextN layer (which sees the last token and one state) agrees.
+    split_max_tensors > 0 writes a split GGUF (<stem>-00001-of-0000N.gguf, ...) of that many
+    tensors per file; the first file's path is returned."""
     import gguf
 
     s = shape
@@ -150,7 +153,7 @@ def write_tiny_mtp_target(path: Path, seed: int = 0, noise: float = 1.5, shape: 
             a = 0.3 * a + np.hstack([np.eye(H), np.zeros((H, H))])
         return a.astype(np.float32)
 
-    w = _start(path, s, "tiny synthetic glm4moe with a NextN layer (random weights)")
+    w = _start(path, s, "tiny synthetic glm4moe with a NextN layer (random weights)", split_max_tensors)
     for name, shp in tensor_plan(s):
         if len(shp) == 1:
             v = np.zeros(shp, np.float32) if name.endswith(".bias") else np.ones(shp, np.float32)
@@ -164,7 +167,7 @@ def write_tiny_mtp_target(path: Path, seed: int = 0, noise: float = 1.5, shape: 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
+    return path if not split_max_tensors else sorted(path.parent.glob(f"{path.stem}-00001-of-*.gguf"))[0]
 
 
 def write_mtp_target(path: Path, s: MtpShape, quant: str, seed: int = 0, log: Callable[[str], None] = print) -> Path:
