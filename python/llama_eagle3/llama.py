@@ -105,6 +105,9 @@ class Llama(llama_cpp.Llama):
                 head_path = eagle3_head
             else:
                 head_path = resolve_head(eagle3_head, model_path)
+            if head_path == MTP and eagle3_tree_width > 1:
+                raise ValueError(f'eagle3_head="mtp" drafts chains only: use eagle3_tree_width=1, '
+                                 f'got {eagle3_tree_width}')
             # raises before anything loads; a recurrent/hybrid target generates plainly (_attach_mtp)
             load_nextn = head_path == MTP and check_mtp_target(Path(model_path)) not in MTP_HYBRID_ARCHS
             # llama.cpp's attention without flash attention gives different results for a token
@@ -208,14 +211,11 @@ class Llama(llama_cpp.Llama):
 
     def _attach_mtp(self) -> None:
         """eagle3_head="mtp": the target's own NextN layer drafts (mtp.py); chains only."""
-        if self.eagle3_tree_width > 1:
-            raise ValueError(f'eagle3_head="mtp" drafts chains only: use eagle3_tree_width=1, '
-                             f'got {self.eagle3_tree_width}')
         if self._is_recurrent or self._is_hybrid:
             warnings.warn(f"{self.metadata.get('general.architecture')} is a recurrent/hybrid model: its state cannot "
                           f"be rolled back per token, so speculation is off and generation is plain", stacklevel=3)
             return
-        capture = NextnCapture(int(llama_cpp.llama_model_n_embd(self._model.model)))
+        capture = NextnCapture(int(llama_cpp.llama_model_n_embd_out(self._model.model)))  # h rows' width
         capture.bind(self._ctx.ctx)
         drafter = MtpDrafter(self._model.model, self._ctx.ctx, capture.n_embd, self._n_ctx, self.n_batch,
                              self.context_params.n_threads, self.context_params.n_threads_batch,

@@ -50,17 +50,19 @@ class MtpShape:
 
 # GLM-4.5-Air's published config (106B-A12B: 46 layers + 1 NextN, hidden 4096, 96 heads of 128, 8 KV
 # heads, layer 0 dense (10944), then 128 experts of 1408 with 8 used and 1 shared, vocabulary
-# 151552) with 16 experts per layer instead of 128: a token reads and computes as much as Air's
-# (8 routed + 1 shared expert, the same attention and vocabulary), the file is 12 GB at Q4_0
-# instead of 62. A verify batch's rows share experts more often than Air's would, so where T(n)
-# follows the bytes read (GPUs, Apple Silicon) it is understated for n > 1; a compute-bound CPU
-# computes every (row, expert) pair either way.
-GLM45_AIR_LIKE = MtpShape(46, 4096, 96, 8, 128, 10944, 1, 16, 8, 1408, 151552, 1000000.0, 64)
+# 151552) with 8 experts per layer instead of 128, all 8 used: a token reads and computes as much
+# as one of Air's (8 routed + 1 shared expert, the same attention and vocabulary), and the file is
+# 8 GB at Q4_0 instead of 62 (llama.cpp's CPU backend repacks Q4_0 weights into memory of its own,
+# and the bench holds a plain and a speculative instance: 2 x 8 GB of RAM). A verify batch of n
+# rows reads the same 8 experts, where Air's reads up to 8n: where T(n) follows the bytes read
+# (GPUs, Apple Silicon) it is understated for n > 1; a compute-bound CPU computes every (row,
+# expert) pair either way.
+GLM45_AIR_LIKE = MtpShape(46, 4096, 96, 8, 128, 10944, 1, 8, 8, 1408, 151552, 1000000.0, 64)
 TINY = MtpShape(4, 64, 4, 2, 16, 128, 4, 4, 2, 32, 320, 10000.0, 16)
 # bench --synthetic NAME (the target drafts with its own NextN layer: eagle3_head="mtp")
 MTP_SHAPES: dict[str, MtpShape] = {"glm-4.5-air-mtp": GLM45_AIR_LIKE, "tiny-mtp": TINY}
 MTP_QUANTS = ("Q4_0", "Q8_0")
-SYNTHETIC_MTP_VERSION = 1  # part of the cache key: bump when the files written here change
+SYNTHETIC_MTP_VERSION = 2  # part of the cache key: bump when the files written here change
 
 
 def _keys(s: MtpShape) -> dict:
