@@ -144,3 +144,14 @@ def test_split_gguf_with_the_nextn_layer_in_a_later_file(tmp_path):
     spec = spec_llm(first)
     assert text(spec, "the cat", 20) == text(plain_llm(first), "the cat", 20)
     assert spec.speculative_stats()["drafters"]["mtp"]["accepted"] > 0
+
+
+def test_drafters_command_says_what_a_target_offers(mtp_target, targets, heads, capsys):
+    from llama_eagle3.cli import main
+
+    main(["drafters", "--model", str(mtp_target)])
+    out = capsys.readouterr().out
+    assert 'its own NextN (MTP) layers: yes, glm4moe (eagle3_head="mtp")' in out and "n-gram" in out
+    main(["drafters", "--model", str(targets["llama"]), "--head", str(heads["llama"])])
+    out = capsys.readouterr().out
+    assert "its own NextN (MTP) layers: no: it has no NextN" in out and ": EAGLE-3" in out
