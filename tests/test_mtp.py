@@ -155,3 +155,21 @@ def test_drafters_command_says_what_a_target_offers(mtp_target, targets, heads, 
     main(["drafters", "--model", str(targets["llama"]), "--head", str(heads["llama"])])
     out = capsys.readouterr().out
     assert "its own NextN (MTP) layers: no: it has no NextN" in out and ": EAGLE-3" in out
+
+
+def test_an_architecture_without_an_mtp_graph_is_refused(tmp_path):
+    """NextN tensors in an architecture llama.cpp has no MTP graph for: refused from the header,
+    before llama.cpp reads the file."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(tmp_path / "exaone4.gguf"), "exaone4")
+    w.add_uint32("exaone4.block_count", 2)
+    w.add_uint32("exaone4.nextn_predict_layers", 1)
+    w.add_tensor("blk.1.nextn.eh_proj.weight", np.zeros((8, 16), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="no MTP graph for architecture 'exaone4'"):
+        Llama(str(tmp_path / "exaone4.gguf"), eagle3_head="mtp")
