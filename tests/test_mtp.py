@@ -127,7 +127,7 @@ def test_synthetic_mtp_shape_benches(tmp_path, monkeypatch):
     assert ensure_mtp("tiny-mtp", "Q8_0", tmp_path, log=lambda *a: None) == target  # written once
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hello there"}\n')
-    s = simulated_bench(str(target), "mtp", prompts, [[0.6], [0.8]], max_tokens=12, draft_max=2, threads=1,
+    s = simulated_bench(str(target), "mtp", prompts, [[0.6], [0.8]], max_tokens=8, draft_max=2, threads=1,
                         log=lambda *a: None)
     for label in ("0.6", "0.8"):
         a = s["simulated"][label]
