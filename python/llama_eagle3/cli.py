@@ -5,6 +5,8 @@
     llama-eagle3 train --model model.gguf --out heads/my-head [--prompts prompts.jsonl]
     llama-eagle3 bench --model model.gguf --head head.gguf --prompts prompts.jsonl [--json out.json]
     llama-eagle3 bench --synthetic llama-8b --simulate-acceptance 0.5,0.7,0.9 --prompts prompts.jsonl
+    llama-eagle3 bench --synthetic glm-4.5-air-mtp --simulate-acceptance 0.6,0.8 --prompts prompts.jsonl
+    llama-eagle3 drafters --model model.gguf [--head head.gguf]   (which drafters a target offers)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .synthetic import QUANTS as SYNTHETIC_QUANTS, SHAPES as SYNTHETIC_SHAPES
+from .synthetic_mtp import MTP_QUANTS as SYNTHETIC_MTP_QUANTS, MTP_SHAPES as SYNTHETIC_MTP_SHAPES
 
 
 def _train(a: argparse.Namespace) -> None:
@@ -37,10 +40,17 @@ def _bench(a: argparse.Namespace) -> None:
     from .bench import bench, chart, print_table, save
 
     model, head, dflash = a.model, a.head, a.dflash_head
-    if a.synthetic:
+    if a.synthetic in SYNTHETIC_MTP_SHAPES:  # the target drafts with its own NextN layer
+        from .synthetic_mtp import ensure_mtp
+
+        try:
+            model, head = str(ensure_mtp(a.synthetic, a.synthetic_quant or "Q4_0")), head or "mtp"
+        except ValueError as e:
+            sys.exit(f"llama-eagle3 bench: {e}")
+    elif a.synthetic:
         from .synthetic import ensure
 
-        files = ensure(a.synthetic, a.synthetic_quant)
+        files = ensure(a.synthetic, a.synthetic_quant or "Q4_K_M")
         model, head = str(files.target), str(head or files.head)
         dflash = dflash or (None if files.dflash is None else str(files.dflash))
     if not model or not head:
@@ -70,6 +80,27 @@ def _bench(a: argparse.Namespace) -> None:
     save(s, a.json)
     if a.png is not None:
         chart(s, a.png)
+
+
+def _drafters(a: argparse.Namespace) -> None:
+    """Prints which drafters a target (and a head) offer, read from the GGUF headers."""
+    from .dflash import head_architecture
+    from .mtp import TESTED_ARCHS, mtp_support
+
+    if not Path(a.model).is_file():
+        sys.exit(f"llama-eagle3 drafters: no such file: {a.model}")
+    try:
+        arch, why = mtp_support(Path(a.model))
+    except ValueError as e:
+        sys.exit(f"llama-eagle3 drafters: {e}")
+    note = "" if arch in TESTED_ARCHS else " (this architecture is not yet tested by llama-eagle3)"
+    print(f"{a.model}:")
+    print('  n-gram copies of the context: yes (on by default beside a head; alone: eagle3_head="ngram")')
+    print("  its own NextN (MTP) layers: " + (f"no: {why}" if why else f'yes, {arch} (eagle3_head="mtp"){note}'))
+    if a.head:
+        kind = head_architecture(Path(a.head))
+        print(f"  head {a.head}: " + {"eagle3": "EAGLE-3", "dflash": "DFlash"}.get(
+            str(kind), f"not a head GGUF (general.architecture {kind!r})"))
 
 
 def _chat(a: argparse.Namespace) -> None:
@@ -154,10 +185,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    help="real costs, SIMULATED acceptance: comma-separated probabilities that draft position i is "
                         "accepted given the ones before were (0.5,0.7,0.9), or per-position lists (0.73/0.71/0.67); "
                         "methods: plain, chain-1..--draft-max, auto (and dflash-k, dflash-auto with a DFlash head)")
-    b.add_argument("--synthetic", default=None, choices=sorted(SYNTHETIC_SHAPES),
+    b.add_argument("--synthetic", default=None, choices=sorted(SYNTHETIC_SHAPES) + sorted(SYNTHETIC_MTP_SHAPES),
                    help="a random-weight target and head of this published shape, written once into "
-                        "~/.cache/llama-eagle3/synthetic (costs real, text meaningless: with --simulate-acceptance)")
-    b.add_argument("--synthetic-quant", default="Q4_K_M", choices=SYNTHETIC_QUANTS)
+                        "~/.cache/llama-eagle3/synthetic (costs real, text meaningless: with --simulate-acceptance); "
+                        "*-mtp shapes carry a NextN layer that drafts (docs/mtp.md)")
+    b.add_argument("--synthetic-quant", default=None, choices=sorted(set(SYNTHETIC_QUANTS) | set(SYNTHETIC_MTP_QUANTS)),
+                   help="default Q4_K_M (EAGLE-3 shapes), Q4_0 (MTP shapes: Q4_0 or Q8_0)")
     b.add_argument("--max-tokens", type=int, default=200)
     b.add_argument("--draft-max", type=int, default=4)
     b.add_argument("--p-min", type=float, default=0.0)
@@ -181,6 +214,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--json", type=Path, default=None)
     b.add_argument("--png", type=Path, default=None, help="chart: tokens/s per method, acceptance per draft position")
     b.set_defaults(func=_bench)
+
+    d = sub.add_parser("drafters", help="which drafters a target GGUF (and a head) offer")
+    d.add_argument("--model", required=True, help="target GGUF")
+    d.add_argument("--head", default=None, help="a head GGUF to identify")
+    d.set_defaults(func=_drafters)
 
     a = p.parse_args(argv)
     a.func(a)

@@ -8,6 +8,7 @@ costs.py; the draft-length policy in policy.py; the plain fallback in fallback.p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from .calibration import calibrate
 from .capture import CaptureMode, FeatureCapture, context_address
 from .dflash import DFlashDrafter, check_dflash_gguf, head_architecture
 from .engine import Engine
+from .mtp import MTP, MTP_HYBRID_ARCHS, MtpDrafter, NextnCapture, check_mtp_target, loading_nextn_layers
 from .nohead import NGRAM_ONLY, NoCapture, NoHeadDrafter
 from .fallback import Fallback
 from .hub import cached_repo_file, offline, resolve_head
@@ -47,7 +49,8 @@ class Llama(llama_cpp.Llama):
             says which): a GGUF (convert-eagle3-gguf makes one), an HF head checkpoint
             directory, or a Hugging Face hub repo id "org/name[@revision]" (downloaded with
             huggingface_hub, HF_HUB_OFFLINE honoured); the last two are converted against
-            model_path once and cached (llama_eagle3.hub).
+            model_path once and cached (llama_eagle3.hub); "ngram": n-gram copies of the context
+            alone (nohead.py); "mtp": the target's own NextN (MTP) layers (mtp.py, docs/mtp.md).
         eagle3_draft_max: longest chain drafted per round.
         eagle3_adaptive: choose each round's draft length (0 = plain decoding) from the target's
             decode cost T(n), the head's step cost and the acceptance measured in this process
@@ -90,7 +93,7 @@ class Llama(llama_cpp.Llama):
                                    tree_nodes=self.eagle3_tree_nodes)
         if eagle3_capture not in ("auto", "hook", "builtin"):
             raise ValueError(f"eagle3_capture must be 'auto', 'hook' or 'builtin', got {eagle3_capture!r}")
-        head_path = None
+        head_path, load_nextn = None, False
         if eagle3_head is not None:
             if kwargs.get("draft_model") is not None:
                 raise ValueError("eagle3_head and draft_model cannot be combined")
@@ -98,8 +101,15 @@ class Llama(llama_cpp.Llama):
                 raise ValueError(f"Model path does not exist: {model_path}")  # llama_cpp.Llama's message
             # "ngram": n-gram copies without a head (nohead.py, unless a file of that name exists); a
             # GGUF as is; an HF checkpoint directory or a hub repo id: converted once, cached (hub.py)
-            ngram_only = eagle3_head == NGRAM_ONLY and not Path(eagle3_head).exists()
-            head_path = NGRAM_ONLY if ngram_only else resolve_head(eagle3_head, model_path)
+            if eagle3_head in (NGRAM_ONLY, MTP) and not Path(eagle3_head).exists():
+                head_path = eagle3_head
+            else:
+                head_path = resolve_head(eagle3_head, model_path)
+            if head_path == MTP and eagle3_tree_width > 1:
+                raise ValueError(f'eagle3_head="mtp" drafts chains only: use eagle3_tree_width=1, '
+                                 f'got {eagle3_tree_width}')
+            # raises before anything loads; a recurrent/hybrid target generates plainly (_attach_mtp)
+            load_nextn = head_path == MTP and check_mtp_target(Path(model_path)) not in MTP_HYBRID_ARCHS
             # llama.cpp's attention without flash attention gives different results for a token
             # decoded alone and the same token inside a batch (measured on CPU: up to 1.7 in a
             # logit), so no batched verification could reproduce plain decoding bit for bit.
@@ -108,7 +118,8 @@ class Llama(llama_cpp.Llama):
                 warnings.warn("flash_attn=False: llama.cpp's attention then depends on the batch size, so "
                               "speculative output may differ from plain decoding; use flash_attn=True for "
                               "identical output", stacklevel=2)
-        super().__init__(model_path, *args, **kwargs)
+        with loading_nextn_layers() if load_nextn else contextlib.nullcontext():
+            super().__init__(model_path, *args, **kwargs)
         self._policy.graph_rebuilds = self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         if head_path is not None:
             # one verify decode (one ubatch: the capture reads one) holds the last token and every draft
@@ -120,6 +131,8 @@ class Llama(llama_cpp.Llama):
                                  f"{self.n_batch}, n_ubatch={self.context_params.n_ubatch}")
             if head_path == NGRAM_ONLY:
                 self._attach_ngram_only()
+            elif head_path == MTP:
+                self._attach_mtp()
             else:
                 self._attach_head(head_path, eagle3_capture)
 
@@ -195,6 +208,23 @@ class Llama(llama_cpp.Llama):
         self._engine = engine
         if self._policy.adaptive and self.eagle3_draft_max > 0:
             calibrate(engine)
+
+    def _attach_mtp(self) -> None:
+        """eagle3_head="mtp": the target's own NextN layer drafts (mtp.py); chains only."""
+        if self._is_recurrent or self._is_hybrid:
+            warnings.warn(f"{self.metadata.get('general.architecture')} is a recurrent/hybrid model: its state cannot "
+                          f"be rolled back per token, so speculation is off and generation is plain", stacklevel=3)
+            return
+        capture = NextnCapture(int(llama_cpp.llama_model_n_embd_out(self._model.model)))  # h rows' width
+        capture.bind(self._ctx.ctx)
+        drafter = MtpDrafter(self._model.model, self._ctx.ctx, capture.n_embd, self._n_ctx, self.n_batch,
+                             self.context_params.n_threads, self.context_params.n_threads_batch,
+                             catch_up_rows=self.n_batch)
+        self._stack.callback(drafter.close)  # LIFO: the MTP context goes before the target's
+        self._engine = Engine(self, drafter, capture, self._policy, self.eagle3_draft_max, self.eagle3_p_min, 1, 0,
+                              ngram_max=self.eagle3_draft_max if self.eagle3_ngram else 0)
+        if self._policy.adaptive and self.eagle3_draft_max > 0:
+            calibrate(self._engine)
 
     def close(self) -> None:
         if "_stack" in self.__dict__:  # __init__ may have raised before llama_cpp.Llama set it up

@@ -30,6 +30,7 @@ SYNTHETIC_VERSION = 1  # part of the cache key: bump when the files written here
 DRAFT_VOCAB = 32000    # the published Llama-3 and Qwen3 heads' draft vocabulary
 QUANTS = ("Q4_0", "Q4_K_M", "Q8_0")
 _SPECIALS = ("<|begin_of_text|>", "<|im_start|>", "<|im_end|>")
+N_SPECIALS = len(_SPECIALS)  # the last token ids of a synthetic vocabulary
 _CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -125,7 +126,7 @@ def byte_tokens() -> list[str]:
     return tokens
 
 
-def _tokenizer(vocab: int) -> dict:
+def synthetic_tokenizer(vocab: int) -> dict:
     """A byte-level BPE vocabulary of `vocab` entries: 256 bytes, placeholder tokens, chat specials."""
     n_fill = vocab - 256 - len(_SPECIALS)
     tokens = byte_tokens() + [f"<t{i}>" for i in range(n_fill)] + list(_SPECIALS)
@@ -154,7 +155,7 @@ def write_target(path: Path, shape: Shape, quant: str, seed: int = 0, log: Calla
                  "rope.freq_base": s.rope_theta, "vocab_size": s.vocab}.items():
         write_kv(w, f"{a}.{k}", v)
     write_kv(w, "general.name", f"synthetic {a} (random weights)")
-    for k, v in _tokenizer(s.vocab).items():
+    for k, v in synthetic_tokenizer(s.vocab).items():
         write_kv(w, k, v)
     q, kv = s.n_head * s.head_dim, s.n_kv * s.head_dim
     layer = [("attn_norm", None), ("attn_q", (q, s.hidden)), ("attn_k", (kv, s.hidden)), ("attn_v", (kv, s.hidden)),
