@@ -59,7 +59,7 @@ def reference_roundtrip(original: Eagle3Head, written: GgufWeights, n: int = 8,
     logits of at most LM_SAMPLE_ROWS draft tokens."""
     rng = np.random.default_rng(seed)
     c = original.config
-    f = rng.standard_normal((n, 3 * c.target_hidden_size))
+    f = rng.standard_normal((n, c.n_taps * c.target_hidden_size))
     emb = rng.standard_normal((n, c.hidden_size))
     pos = np.linspace(0, c.max_position_embeddings - 1, n).astype(np.int64)
     rows = np.unique(np.linspace(0, c.draft_vocab_size - 1, min(LM_SAMPLE_ROWS, c.draft_vocab_size)).astype(np.int64))
