@@ -209,9 +209,10 @@ def _qk_norm(t: dict) -> None:
 
 def _fc_norm(n_taps: int, width: int = tm.H) -> Edit:
     """speculators' per-tap norms fc_norm.<i>.weight (top level)."""
-    rng = np.random.default_rng(4)
-    return lambda t: t.update({f"fc_norm.{i}.weight": (1 + 0.2 * rng.standard_normal(width)).astype(np.float32)
-                               for i in range(n_taps)})
+    def edit(t: dict) -> None:
+        rng = np.random.default_rng(4)
+        t.update({f"fc_norm.{i}.weight": (1 + 0.2 * rng.standard_normal(width)).astype(np.float32) for i in range(n_taps)})
+    return edit
 
 
 def _biases(projs) -> Edit:
