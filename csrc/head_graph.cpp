@@ -440,7 +440,9 @@ void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n,
             ggml_backend_tensor_set(tok, tokens + i, 0, ggml_nbytes(tok));
             ggml_backend_tensor_set(gin, g + (size_t) i * hp.hd, 0, ggml_nbytes(gin));
             ggml_backend_tensor_set(pos, p.data(), 0, ggml_nbytes(pos));
-            ggml_backend_tensor_set(mask, mk.data(), 0, ggml_nbytes(mask));
+            if (mask->buffer != nullptr) {  // a chunk whose rows nobody reads runs no attention
+                ggml_backend_tensor_set(mask, mk.data(), 0, ggml_nbytes(mask));
+            }
             compute(gf);
             n_filled = n_kv;
             if (chunk_read != 0) {
