@@ -114,7 +114,10 @@ const std::map<std::string, bool> HEAD_TENSORS = {
 struct HeadGraph::Impl {
     HParams hp;
     std::vector<int32_t> layers, d2t;
-    int32_t n_ctx = 0, n_batch = 0, n_vd = 0, n_filled = 0;  // KV positions [0, n_filled) are written
+    int32_t n_ctx = 0, n_batch = 0, n_vd = 0;
+    // KV cell p holds position p; positions [kv_begin, n_filled) are written (empty: kv_begin == n_filled).
+    // As in llama.cpp, a sequence may start at any position of an empty KV.
+    int32_t kv_begin = 0, n_filled = 0;
     ggml_backend_t backend = nullptr;
     ggml_context * wctx = nullptr;              // weights and KV cache (allocated in wbuf)
     ggml_backend_buffer_t wbuf = nullptr;
@@ -358,10 +361,13 @@ void HeadGraph::encode(const float * features, int64_t n, std::vector<float> & g
 // (0 none, 1 the last row, 2 every row) leave their logits [rows, Vd] and states [rows, Hd] in
 // logits / state.
 void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int read) {
-    if (pos0 < 0 || pos0 > n_filled || pos0 + n > n_ctx) {
+    if (kv_begin == n_filled) {
+        kv_begin = n_filled = std::max<int32_t>(pos0, 0);
+    }
+    if (pos0 < kv_begin || pos0 > n_filled || pos0 + n > n_ctx) {
         throw std::out_of_range("eagle3x head positions [" + std::to_string(pos0) + ", " + std::to_string(pos0 + n) +
-                                ") do not continue its KV (" + std::to_string(n_filled) + " positions) within its context of " +
-                                std::to_string(n_ctx));
+                                ") do not continue its KV (positions [" + std::to_string(kv_begin) + ", " +
+                                std::to_string(n_filled) + ")) within its context of " + std::to_string(n_ctx));
     }
     if (read == 2 && n > n_batch) {
         throw std::invalid_argument("forward() takes at most n_batch rows");
@@ -435,7 +441,9 @@ void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n,
             for (int64_t j = 0; j < rows; ++j) p[j] = p0 + (int32_t) j;
             std::vector<float> mk((size_t) n_kv * rows);
             for (int64_t j = 0; j < rows; ++j) {
-                for (int32_t t = 0; t < n_kv; ++t) mk[(size_t) j * n_kv + t] = t <= p0 + j ? 0.0f : -INFINITY;
+                for (int32_t t = 0; t < n_kv; ++t) {
+                    mk[(size_t) j * n_kv + t] = t >= kv_begin && t <= p0 + j ? 0.0f : -INFINITY;
+                }
             }
             ggml_backend_tensor_set(tok, tokens + i, 0, ggml_nbytes(tok));
             ggml_backend_tensor_set(gin, g + (size_t) i * hp.hd, 0, ggml_nbytes(gin));
@@ -514,4 +522,10 @@ void HeadGraph::forward(const int32_t * tokens, const float * g, int64_t n, int3
     state = impl_->state;
 }
 
-void HeadGraph::truncate(int32_t pos) { impl_->n_filled = std::min(impl_->n_filled, std::max<int32_t>(pos, 0)); }
+void HeadGraph::truncate(int32_t pos) {
+    Impl & m = *impl_;
+    m.n_filled = std::min(m.n_filled, std::max<int32_t>(pos, 0));
+    if (m.n_filled <= m.kv_begin) {
+        m.kv_begin = m.n_filled = 0;  // empty
+    }
+}

@@ -187,6 +187,14 @@ def check_graph_matches_reference(path, target, n: int = 24, far: int = 700) -> 
         ref3, ref_h3 = decode(head, head.config, tok_embd[tokens[far:far + 8]], g[rows], np.arange(far - 8, far),
                               cache=cache)
         assert rel(h3, ref_h3) <= 1e-4 and rel(logits3, ref3) <= 1e-4
+        runner.truncate(0)  # empty: a sequence may start anywhere (the engine's skip / forget)
+        logits4, h4 = runner.forward(tokens[:8], g[:8], 300)
+        ref4, ref_h4 = decode(head, head.config, tok_embd[tokens[:8]], g[:8], np.arange(300, 308))
+        assert rel(h4, ref_h4) <= 1e-4 and rel(logits4, ref4) <= 1e-4
+        with pytest.raises(IndexError, match="do not continue its KV"):
+            runner.extend(tokens[:1], g[:1], 400)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            runner.extend(np.array([N_VOCAB], np.int32), g[:1], 308)
     finally:
         llm.close()
 
@@ -229,3 +237,32 @@ def test_upstream_llama_cpp_refuses_eagle3x(tmp_path, targets):
     params = llama_cpp.llama_model_default_params()
     model = llama_cpp.llama_model_load_from_file(str(out).encode(), params)
     assert not model
+
+
+def test_five_taps_hook_equals_builtin(tmp_path, targets):
+    """Both capture paths give 5 taps (llama.cpp's built-in extraction has a flag per layer, no
+    count limit), bit-identical, in target_layers order."""
+    from test_capture import captured, make
+
+    out, _ = run_convert(VARIANTS["5 taps"], tmp_path, targets["llama"], N_VOCAB)
+    hook, builtin = make(targets["llama"], out, "hook"), make(targets["llama"], out, "builtin")
+    assert (hook._engine.capture.mode, builtin._engine.capture.mode) == ("hook", "builtin")
+    tokens = list(range(5, 45))
+    a, b = captured(hook, tokens, [40]), captured(builtin, tokens, [40])
+    assert a.shape == (40, 5 * tm.H)
+    assert np.array_equal(a, b)
+    taps = np.split(a, 5, axis=1)
+    assert all(not np.allclose(taps[i], taps[i + 1]) for i in range(4))
+    hook.close()
+    builtin.close()
+
+
+def test_four_taps_hook_only_architecture(tmp_path, targets):
+    """qwen2 has no built-in extraction: auto picks the graph hook, which captures 4 taps."""
+    from test_capture import captured, make
+
+    out, _ = run_convert(VARIANTS["4 taps"], tmp_path, targets["qwen2"], N_VOCAB)
+    llm = make(targets["qwen2"], out, "auto")
+    assert llm._engine.capture.mode == "hook"
+    assert captured(llm, list(range(7, 37)), [30]).shape == (30, 4 * tm.H)
+    llm.close()
