@@ -211,12 +211,14 @@ def test_variant_greedy_identical(name, tmp_path, targets):
 
     out, _ = run_convert(VARIANTS[name], tmp_path, targets["llama"], N_VOCAB)
     plain = plain_llm(targets["llama"], n_threads=1)
-    spec = spec_llm(targets["llama"], out, eagle3_draft_max=3, n_threads=1)
+    # the adaptive policy (for one head) also exercises forget / skip: the head's KV restarting past 0
+    adaptive = name == "norm_output"
+    spec = spec_llm(targets["llama"], out, eagle3_draft_max=3, n_threads=1, eagle3_adaptive=adaptive)
     prompt = "in the beginning of the"
     a = plain(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
     b = spec(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
     assert a == b
-    assert spec.speculative_stats()["drafted"] > 0
+    assert adaptive or spec.speculative_stats()["drafted"] > 0  # adaptive: a random head may never pay off
     spec.close()
     plain.close()
 
