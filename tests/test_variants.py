@@ -268,3 +268,26 @@ def test_four_taps_hook_only_architecture(tmp_path, targets):
     assert llm._engine.capture.mode == "hook"
     assert captured(llm, list(range(7, 37)), [30]).shape == (30, 4 * tm.H)
     llm.close()
+
+
+@pytest.mark.slow  # Qwen3-235B head: 1.2 GB, about 2 minutes; Mistral-Large head: 4.8 GB, several minutes
+@pytest.mark.parametrize("preset", ["qwen3-235b-speculators", "mistral-large-123b-speculators"])
+def test_issue_heads_convert_at_real_shape(preset, tmp_path):
+    """The issue's two speculators heads (random bf16 weights at their real shapes, their flags) against
+    metadata-only targets: no refusal, written as eagle3x, peak memory near the file size."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(root / "examples" / "convert_memory.py"), str(tmp_path), "--preset", preset],
+                   check=True)
+    size = (tmp_path / "head" / "model.safetensors").stat().st_size
+    r = subprocess.run([sys.executable, "-m", "eagle3_convert", str(tmp_path / "head"), "--target",
+                        str(tmp_path / "target.gguf"), "--outfile", str(tmp_path / "head.gguf")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert read_gguf_header(tmp_path / "head.gguf").meta["general.architecture"] == "eagle3x"
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
+    assert peak < 1.5 * size, f"peak {peak / 1e9:.2f} GB for a {size / 1e9:.2f} GB head"
