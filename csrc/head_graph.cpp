@@ -295,6 +295,16 @@ void HeadGraph::Impl::load(const HeadGraphParams & p) {
         throw std::runtime_error("d2t has " + std::to_string(d2t.size()) + " ids for a draft vocabulary of " +
                                  std::to_string(n_vd));
     }
+    const int64_t n_vocab = W("token_embd.weight")->ne[1];
+    if (d2t.empty() && n_vd != n_vocab) {
+        throw std::runtime_error("the head's output has " + std::to_string(n_vd) + " rows but no d2t maps them into "
+                                 "the vocabulary of " + std::to_string(n_vocab));
+    }
+    for (int32_t t : d2t) {
+        if (t < 0 || t >= n_vocab) {
+            throw std::invalid_argument("d2t maps to target id " + std::to_string(t) + " outside the vocabulary");
+        }
+    }
 }
 
 HeadGraph::HeadGraph(const HeadGraphParams & p, std::vector<int32_t> draft_to_target) : impl_(new Impl) {
