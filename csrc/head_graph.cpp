@@ -219,13 +219,16 @@ void read_data(const GgufFile & f, const std::string & name, ggml_tensor * dst) 
     if (off + nbytes > size) {
         throw std::runtime_error(f.path + ": tensor " + name + " runs past the end of the file (truncated?)");
     }
-    std::vector<char> buf(nbytes);
+    const bool host = ggml_backend_buffer_is_host(dst->buffer);  // read in place, no second copy
+    std::vector<char> buf(host ? 0 : nbytes);
     in.seekg((std::streamoff) off);
-    in.read(buf.data(), (std::streamsize) nbytes);
+    in.read(host ? static_cast<char *>(dst->data) : buf.data(), (std::streamsize) nbytes);
     if (!in) {
         throw std::runtime_error(f.path + ": could not read tensor " + name);
     }
-    ggml_backend_tensor_set(dst, buf.data(), 0, nbytes);
+    if (!host) {
+        ggml_backend_tensor_set(dst, buf.data(), 0, nbytes);
+    }
 }
 
 }  // namespace
@@ -371,10 +374,10 @@ void HeadGraph::encode(const float * features, int64_t n, std::vector<float> & g
 // (0 none, 1 the last row, 2 every row) leave their logits [rows, Vd] and states [rows, Hd] in
 // logits / state.
 void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int read) {
-    if (kv_begin == n_filled) {
-        kv_begin = n_filled = std::max<int32_t>(pos0, 0);
+    if (pos0 >= 0 && (pos0 <= kv_begin || kv_begin == n_filled)) {
+        kv_begin = n_filled = pos0;  // nothing before pos0 stays: the sequence starts here
     }
-    if (pos0 < kv_begin || pos0 > n_filled || pos0 + n > n_ctx) {
+    if (pos0 < 0 || pos0 > n_filled || pos0 + n > n_ctx) {
         throw std::out_of_range("eagle3x head positions [" + std::to_string(pos0) + ", " + std::to_string(pos0 + n) +
                                 ") do not continue its KV (positions [" + std::to_string(kv_begin) + ", " +
                                 std::to_string(n_filled) + ")) within its context of " + std::to_string(n_ctx));
