@@ -167,8 +167,12 @@ struct HeadGraph::Impl {
     }
 
     void load(const HeadGraphParams & p);
+    void run(const int32_t * tokens, const float * g, int64_t rows, const int32_t * positions, int32_t cell0,
+             int32_t n_kv, const float * mask, int read);
+    void check_tokens(const int32_t * tokens, int64_t n) const;
     void decode(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int read);  // read: 0 none, 1 last, 2 all
     int32_t top1(float * prob) const;
+    std::vector<std::pair<int32_t, float>> topk(int32_t row, int32_t k) const;
 };
 
 namespace {
@@ -370,57 +374,38 @@ void HeadGraph::encode(const float * features, int64_t n, std::vector<float> & g
     }
 }
 
-// Pairs (tokens[i], g[i]) at positions pos0 + i in n_batch chunks; `read` rows of the last chunk
-// (0 none, 1 the last row, 2 every row) leave their logits [rows, Vd] and states [rows, Hd] in
-// logits / state.
-void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int read) {
-    if (pos0 >= 0 && (pos0 <= kv_begin || kv_begin == n_filled)) {
-        kv_begin = n_filled = pos0;  // nothing before pos0 stays: the sequence starts here
-    }
-    if (pos0 < 0 || pos0 > n_filled || pos0 + n > n_ctx) {
-        throw std::out_of_range("eagle3x head positions [" + std::to_string(pos0) + ", " + std::to_string(pos0 + n) +
-                                ") do not continue its KV (positions [" + std::to_string(kv_begin) + ", " +
-                                std::to_string(n_filled) + ")) within its context of " + std::to_string(n_ctx));
-    }
-    if (read == 2 && n > n_batch) {
-        throw std::invalid_argument("forward() takes at most n_batch rows");
-    }
-    const int32_t n_vocab = (int32_t) W("token_embd.weight")->ne[1];
-    for (int64_t r = 0; r < n; ++r) {
-        if (tokens[r] < 0 || tokens[r] >= n_vocab) {
-            throw std::invalid_argument("token id " + std::to_string(tokens[r]) + " outside the vocabulary");
-        }
-    }
-    n_filled = pos0;
-    for (int64_t i = 0; i < n; i += n_batch) {
-        const int64_t rows = std::min<int64_t>(n_batch, n - i);
-        const int32_t p0 = pos0 + (int32_t) i, n_kv = p0 + (int32_t) rows;
-        const int chunk_read = i + rows == n ? read : 0;
-        ggml_context * c = graph_ctx();
-        ggml_tensor * tok = ggml_new_tensor_1d(c, GGML_TYPE_I32, rows);
-        ggml_tensor * gin = ggml_new_tensor_2d(c, GGML_TYPE_F32, hp.hd, rows);
-        ggml_tensor * pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, rows);
-        ggml_tensor * mask = ggml_new_tensor_2d(c, GGML_TYPE_F32, n_kv, rows);
-        for (ggml_tensor * t : {tok, gin, pos, mask}) ggml_set_input(t);
-        ggml_cgraph * gf = ggml_new_graph_custom(c, GRAPH_NODES, false);
+// One graph over `rows` pairs at positions pos[]: K/V go to cells [cell0, cell0 + rows), row j attends
+// to the cells [0, n_kv) that mask[j * n_kv + t] leaves at 0 (-inf: not). `read` (0 none, 1 the last
+// row, 2 every row) leaves those rows' logits [rows, Vd] and states [rows, Hd] in logits / state.
+void HeadGraph::Impl::run(const int32_t * tokens, const float * g, int64_t rows, const int32_t * positions,
+                          int32_t cell0, int32_t n_kv, const float * mask_data, int read) {
+    ggml_context * c = graph_ctx();
+    ggml_tensor * tok = ggml_new_tensor_1d(c, GGML_TYPE_I32, rows);
+    ggml_tensor * gin = ggml_new_tensor_2d(c, GGML_TYPE_F32, hp.hd, rows);
+    ggml_tensor * pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, rows);
+    ggml_tensor * mask = ggml_new_tensor_2d(c, GGML_TYPE_F32, n_kv, rows);
+    for (ggml_tensor * t : {tok, gin, pos, mask}) ggml_set_input(t);
+    ggml_cgraph * gf = ggml_new_graph_custom(c, GRAPH_NODES, false);
 
-        ggml_tensor * e = norm(c, ggml_get_rows(c, W("token_embd.weight"), tok), "blk.0.attn_norm.weight");
-        ggml_tensor * gn = norm(c, gin, "blk.0.attn_norm_2.weight");
-        ggml_tensor * x = ggml_concat(c, e, gn, 0);
-        ggml_tensor * residual = hp.norm_before_residual ? gn : gin;
-        ggml_tensor * q = ggml_reshape_3d(c, lin(c, "blk.0.attn_q.weight", "blk.0.attn_q.bias", x), hp.hdim, hp.nh, rows);
-        ggml_tensor * k = ggml_reshape_3d(c, lin(c, "blk.0.attn_k.weight", "blk.0.attn_k.bias", x), hp.hdim, hp.nkv, rows);
-        ggml_tensor * v = ggml_reshape_3d(c, lin(c, "blk.0.attn_v.weight", "blk.0.attn_v.bias", x), hp.hdim, hp.nkv, rows);
-        if (W("blk.0.attn_q_norm.weight") != nullptr) {  // per head, before RoPE
-            q = norm(c, q, "blk.0.attn_q_norm.weight");
-            k = norm(c, k, "blk.0.attn_k_norm.weight");
-        }
-        q = rope(c, q, pos);
-        k = rope(c, k, pos);
-        const size_t nb1 = cache_k->nb[1], nb2 = cache_k->nb[2];
-        ggml_build_forward_expand(gf, ggml_cpy(c, k, ggml_view_3d(c, cache_k, hp.hdim, hp.nkv, rows, nb1, nb2, p0 * nb2)));
-        ggml_build_forward_expand(gf, ggml_cpy(c, v, ggml_view_3d(c, cache_v, hp.hdim, hp.nkv, rows, nb1, nb2, p0 * nb2)));
-        // attention over positions [0, n_kv): K [hdim, n_kv, nkv], Q [hdim, rows, nh] (query head h reads kv head
+    ggml_tensor * e = norm(c, ggml_get_rows(c, W("token_embd.weight"), tok), "blk.0.attn_norm.weight");
+    ggml_tensor * gn = norm(c, gin, "blk.0.attn_norm_2.weight");
+    ggml_tensor * x = ggml_concat(c, e, gn, 0);
+    ggml_tensor * residual = hp.norm_before_residual ? gn : gin;
+    ggml_tensor * q = ggml_reshape_3d(c, lin(c, "blk.0.attn_q.weight", "blk.0.attn_q.bias", x), hp.hdim, hp.nh, rows);
+    ggml_tensor * k = ggml_reshape_3d(c, lin(c, "blk.0.attn_k.weight", "blk.0.attn_k.bias", x), hp.hdim, hp.nkv, rows);
+    ggml_tensor * v = ggml_reshape_3d(c, lin(c, "blk.0.attn_v.weight", "blk.0.attn_v.bias", x), hp.hdim, hp.nkv, rows);
+    if (W("blk.0.attn_q_norm.weight") != nullptr) {  // per head, before RoPE
+        q = norm(c, q, "blk.0.attn_q_norm.weight");
+        k = norm(c, k, "blk.0.attn_k_norm.weight");
+    }
+    q = rope(c, q, pos);
+    k = rope(c, k, pos);
+    const size_t nb1 = cache_k->nb[1], nb2 = cache_k->nb[2];
+    ggml_build_forward_expand(gf, ggml_cpy(c, k, ggml_view_3d(c, cache_k, hp.hdim, hp.nkv, rows, nb1, nb2, cell0 * nb2)));
+    ggml_build_forward_expand(gf, ggml_cpy(c, v, ggml_view_3d(c, cache_v, hp.hdim, hp.nkv, rows, nb1, nb2, cell0 * nb2)));
+    ggml_tensor * out_state = nullptr, * out_logits = nullptr;
+    if (read != 0) {  // else only the K/V writes run: a one-layer head's later rows read nothing else of these
+        // attention over cells [0, n_kv): K [hdim, n_kv, nkv], Q [hdim, rows, nh] (query head h reads kv head
         // h / (nh / nkv), as HF's repeat_interleave), V^T [n_kv, hdim, nkv]
         ggml_tensor * K = ggml_permute(c, ggml_view_3d(c, cache_k, hp.hdim, hp.nkv, n_kv, nb1, nb2, 0), 0, 2, 1, 3);
         ggml_tensor * V = ggml_view_3d(c, cache_v, hp.hdim, hp.nkv, n_kv, nb1, nb2, 0);
@@ -433,50 +418,80 @@ void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n,
         ggml_tensor * act = ggml_mul(c, ggml_silu(c, lin(c, "blk.0.ffn_gate.weight", "blk.0.ffn_gate.bias", mn)),
                                      lin(c, "blk.0.ffn_up.weight", "blk.0.ffn_up.bias", mn));
         ggml_tensor * h = ggml_add(c, lin(c, "blk.0.ffn_down.weight", "blk.0.ffn_down.bias", act), h1);
-        ggml_tensor * out_state = nullptr, * out_logits = nullptr;
-        if (chunk_read != 0) {
-            ggml_tensor * hn = norm(c, h, "output_norm.weight");
-            ggml_tensor * st = hp.norm_output ? hn : h;  // the state the next step reads
-            if (chunk_read == 1) {
-                hn = ggml_view_2d(c, hn, hp.hd, 1, hn->nb[1], (rows - 1) * hn->nb[1]);
-                st = ggml_view_2d(c, st, hp.hd, 1, st->nb[1], (rows - 1) * st->nb[1]);
-            }
-            out_state = ggml_cont(c, st);
-            out_logits = ggml_mul_mat(c, W("output.weight"), hn);
-            ggml_set_output(out_state);
-            ggml_set_output(out_logits);
-            ggml_build_forward_expand(gf, out_state);
-            ggml_build_forward_expand(gf, out_logits);
-        }  // else only the K/V writes run: a one-layer head's later rows read nothing else of this chunk
-        try {
-            alloc(gf);
-            std::vector<int32_t> p(rows);
-            for (int64_t j = 0; j < rows; ++j) p[j] = p0 + (int32_t) j;
-            std::vector<float> mk((size_t) n_kv * rows);
-            for (int64_t j = 0; j < rows; ++j) {
-                for (int32_t t = 0; t < n_kv; ++t) {
-                    mk[(size_t) j * n_kv + t] = t >= kv_begin && t <= p0 + j ? 0.0f : -INFINITY;
-                }
-            }
-            ggml_backend_tensor_set(tok, tokens + i, 0, ggml_nbytes(tok));
-            ggml_backend_tensor_set(gin, g + (size_t) i * hp.hd, 0, ggml_nbytes(gin));
-            ggml_backend_tensor_set(pos, p.data(), 0, ggml_nbytes(pos));
-            if (mask->buffer != nullptr) {  // a chunk whose rows nobody reads runs no attention
-                ggml_backend_tensor_set(mask, mk.data(), 0, ggml_nbytes(mask));
-            }
-            compute(gf);
-            n_filled = n_kv;
-            if (chunk_read != 0) {
-                state.resize(ggml_nelements(out_state));
-                logits.resize(ggml_nelements(out_logits));
-                ggml_backend_tensor_get(out_state, state.data(), 0, ggml_nbytes(out_state));
-                ggml_backend_tensor_get(out_logits, logits.data(), 0, ggml_nbytes(out_logits));
-            }
-        } catch (...) {
-            ggml_free(c);
-            throw;
+        ggml_tensor * hn = norm(c, h, "output_norm.weight");
+        ggml_tensor * st = hp.norm_output ? hn : h;  // the state the next step reads
+        if (read == 1) {
+            hn = ggml_view_2d(c, hn, hp.hd, 1, hn->nb[1], (rows - 1) * hn->nb[1]);
+            st = ggml_view_2d(c, st, hp.hd, 1, st->nb[1], (rows - 1) * st->nb[1]);
         }
+        out_state = ggml_cont(c, st);
+        out_logits = ggml_mul_mat(c, W("output.weight"), hn);
+        ggml_set_output(out_state);
+        ggml_set_output(out_logits);
+        ggml_build_forward_expand(gf, out_state);
+        ggml_build_forward_expand(gf, out_logits);
+    }
+    try {
+        alloc(gf);
+        ggml_backend_tensor_set(tok, tokens, 0, ggml_nbytes(tok));
+        ggml_backend_tensor_set(gin, g, 0, ggml_nbytes(gin));
+        ggml_backend_tensor_set(pos, positions, 0, ggml_nbytes(pos));
+        if (read != 0) {
+            ggml_backend_tensor_set(mask, mask_data, 0, ggml_nbytes(mask));
+        }
+        compute(gf);
+        if (read != 0) {
+            state.resize(ggml_nelements(out_state));
+            logits.resize(ggml_nelements(out_logits));
+            ggml_backend_tensor_get(out_state, state.data(), 0, ggml_nbytes(out_state));
+            ggml_backend_tensor_get(out_logits, logits.data(), 0, ggml_nbytes(out_logits));
+        }
+    } catch (...) {
         ggml_free(c);
+        throw;
+    }
+    ggml_free(c);
+}
+
+void HeadGraph::Impl::check_tokens(const int32_t * tokens, int64_t n) const {
+    const int32_t n_vocab = (int32_t) W("token_embd.weight")->ne[1];
+    for (int64_t r = 0; r < n; ++r) {
+        if (tokens[r] < 0 || tokens[r] >= n_vocab) {
+            throw std::invalid_argument("token id " + std::to_string(tokens[r]) + " outside the vocabulary");
+        }
+    }
+}
+
+// Pairs (tokens[i], g[i]) at positions (= cells) pos0 + i, causal, in n_batch chunks; `read` applies
+// to the last chunk.
+void HeadGraph::Impl::decode(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int read) {
+    if (pos0 >= 0 && (pos0 <= kv_begin || kv_begin == n_filled)) {
+        kv_begin = n_filled = pos0;  // nothing before pos0 stays: the sequence starts here
+    }
+    if (pos0 < 0 || pos0 > n_filled || pos0 + n > n_ctx) {
+        throw std::out_of_range("eagle3x head positions [" + std::to_string(pos0) + ", " + std::to_string(pos0 + n) +
+                                ") do not continue its KV (positions [" + std::to_string(kv_begin) + ", " +
+                                std::to_string(n_filled) + ")) within its context of " + std::to_string(n_ctx));
+    }
+    if (read == 2 && n > n_batch) {
+        throw std::invalid_argument("forward() takes at most n_batch rows");
+    }
+    check_tokens(tokens, n);
+    n_filled = pos0;
+    for (int64_t i = 0; i < n; i += n_batch) {
+        const int64_t rows = std::min<int64_t>(n_batch, n - i);
+        const int32_t p0 = pos0 + (int32_t) i, n_kv = p0 + (int32_t) rows;
+        const int chunk_read = i + rows == n ? read : 0;
+        std::vector<int32_t> p(rows);
+        std::vector<float> mk(chunk_read != 0 ? (size_t) n_kv * rows : 0);
+        for (int64_t j = 0; j < rows; ++j) {
+            p[j] = p0 + (int32_t) j;
+            for (int32_t t = 0; t < n_kv && chunk_read != 0; ++t) {
+                mk[(size_t) j * n_kv + t] = t >= kv_begin && t <= p[j] ? 0.0f : -INFINITY;
+            }
+        }
+        run(tokens + i, g + (size_t) i * hp.hd, rows, p.data(), p0, n_kv, mk.data(), chunk_read);
+        n_filled = n_kv;
     }
 }
 
