@@ -142,8 +142,11 @@ PYBIND11_MODULE(_core, m) {
     // the same chain operations for eagle3x heads in this runtime's own graph (head_graph.h)
     py::class_<HeadGraph>(m, "HeadGraph")
         .def(py::init([](const std::string & head_path, const std::string & target_path, int32_t n_target_embd,
-                         int32_t n_ctx, int32_t n_batch, int32_t n_threads, std::vector<int32_t> d2t) {
+                         int32_t n_ctx, int32_t n_batch, int32_t n_threads, std::vector<int32_t> d2t,
+                         int32_t tree_width_max, int32_t tree_cells_max) {
                  HeadGraphParams p;
+                 p.tree_width_max = tree_width_max;
+                 p.tree_cells_max = tree_cells_max;
                  p.head_path = head_path;
                  p.target_path = target_path;
                  p.n_target_embd = n_target_embd;
@@ -154,7 +157,7 @@ PYBIND11_MODULE(_core, m) {
                  return new HeadGraph(p, std::move(d2t));
              }),
              py::arg("head_path"), py::arg("target_path"), py::arg("n_target_embd"), py::arg("n_ctx"), py::arg("n_batch"),
-             py::arg("n_threads"), py::arg("d2t"))
+             py::arg("n_threads"), py::arg("d2t"), py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0)
         .def_property_readonly("n_embd", &HeadGraph::n_embd)
         .def_property_readonly("n_embd_enc", &HeadGraph::n_embd_enc)
         .def_property_readonly("n_ctx", &HeadGraph::n_ctx)
@@ -183,9 +186,15 @@ PYBIND11_MODULE(_core, m) {
             }
             return r;
         })
-        .def("draft_tree", [](HeadGraph &, py::args, py::kwargs) -> py::object {
-            throw std::invalid_argument("tree drafts are not implemented for eagle3x heads (this runtime's own graph): "
-                                        "use eagle3_tree_width=1 (chains)");
+        .def("draft_tree", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0, int32_t depth, int32_t width,
+                              int32_t n_nodes) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            DraftTree t;
+            {
+                py::gil_scoped_release release;
+                t = h.draft_tree(tokens.data(), g.data(), tokens.size(), pos0, depth, width, n_nodes);
+            }
+            return py::make_tuple(t.tokens, t.parents, t.depth, t.scores);
         })
         .def("forward", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0) {
             const int64_t n = tokens.size();

@@ -1,5 +1,7 @@
 #include "head_graph.h"
 
+#include "head_runner.h"  // DraftTree
+
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
@@ -114,7 +116,7 @@ const std::map<std::string, bool> HEAD_TENSORS = {
 struct HeadGraph::Impl {
     HParams hp;
     std::vector<int32_t> layers, d2t;
-    int32_t n_ctx = 0, n_batch = 0, n_vd = 0;
+    int32_t n_ctx = 0, n_batch = 0, n_vd = 0, tree_width_max = 1, tree_cells_max = 0;
     // KV cell p holds position p; positions [kv_begin, n_filled) are written (empty: kv_begin == n_filled).
     // As in llama.cpp, a sequence may start at any position of an empty KV.
     int32_t kv_begin = 0, n_filled = 0;
@@ -273,8 +275,8 @@ void HeadGraph::Impl::load(const HeadGraphParams & p) {
         ggml_set_name(t, name.c_str());
         w[name] = t;
     }
-    cache_k = ggml_new_tensor_3d(wctx, GGML_TYPE_F32, hp.hdim, hp.nkv, n_ctx);
-    cache_v = ggml_new_tensor_3d(wctx, GGML_TYPE_F32, hp.hdim, hp.nkv, n_ctx);
+    cache_k = ggml_new_tensor_3d(wctx, GGML_TYPE_F32, hp.hdim, hp.nkv, n_ctx + tree_cells_max);
+    cache_v = ggml_new_tensor_3d(wctx, GGML_TYPE_F32, hp.hdim, hp.nkv, n_ctx + tree_cells_max);
     wbuf = ggml_backend_alloc_ctx_tensors(wctx, backend);
     if (wbuf == nullptr) {
         throw std::runtime_error("eagle3x head: could not allocate its weights and KV cache");
@@ -316,9 +318,11 @@ void HeadGraph::Impl::load(const HeadGraphParams & p) {
 
 HeadGraph::HeadGraph(const HeadGraphParams & p, std::vector<int32_t> draft_to_target) : impl_(new Impl) {
     Impl & m = *impl_;
-    if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0) {
-        throw std::invalid_argument("n_ctx, n_batch and n_threads must be positive");
+    if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0 || p.tree_width_max < 1 || p.tree_cells_max < 0) {
+        throw std::invalid_argument("n_ctx, n_batch, n_threads and tree_width_max must be positive, tree_cells_max >= 0");
     }
+    m.tree_width_max = p.tree_width_max;
+    m.tree_cells_max = p.tree_width_max > 1 ? p.tree_cells_max : 0;
     m.d2t = std::move(draft_to_target);
     m.n_ctx = p.n_ctx;
     m.n_batch = p.n_batch;
@@ -505,6 +509,111 @@ int32_t HeadGraph::Impl::top1(float * prob) const {
         *prob = (float) (1.0 / sum);
     }
     return d2t.empty() ? best : d2t[best];
+}
+
+// the k most likely draft tokens of read row `row`: (target id, log-probability), best first
+std::vector<std::pair<int32_t, float>> HeadGraph::Impl::topk(int32_t row, int32_t k) const {
+    const float * l = logits.data() + (size_t) row * n_vd;
+    const float best = *std::max_element(l, l + n_vd);
+    double sum = 0.0;
+    for (int32_t i = 0; i < n_vd; ++i) sum += std::exp((double) (l[i] - best));
+    const float log_z = best + (float) std::log(sum);
+    std::vector<int32_t> idx(n_vd);
+    for (int32_t i = 0; i < n_vd; ++i) idx[i] = i;
+    k = std::min(k, n_vd);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) { return l[a] > l[b]; });
+    std::vector<std::pair<int32_t, float>> out;
+    for (int32_t i = 0; i < k; ++i) {
+        out.emplace_back(d2t.empty() ? idx[i] : d2t[idx[i]], l[idx[i]] - log_z);
+    }
+    return out;
+}
+
+// HeadRunner::draft_tree's algorithm (head_runner.h). Here an expanded node of level d (the j-th of
+// the level) takes KV cell base + (d-2)*width + j, base = pos0 + n (speculative cells, dropped on
+// return), and attends to the committed cells [kv_begin, base), its expanded ancestors' cells and
+// its own: the mask does what llama.cpp's per-node sequences do.
+DraftTree HeadGraph::draft_tree(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int32_t depth,
+                                int32_t width, int32_t n_nodes) {
+    Impl & m = *impl_;
+    if (n <= 0) {
+        throw std::invalid_argument("draft_tree() needs at least one (token, g) pair");
+    }
+    if (width < 1 || width > m.tree_width_max) {
+        throw std::invalid_argument("tree width " + std::to_string(width) + " outside 1.." +
+                                    std::to_string(m.tree_width_max) + " (the head was made for trees up to that width)");
+    }
+    if (width > 1 && width * depth > m.tree_cells_max) {
+        throw std::invalid_argument("a tree of width " + std::to_string(width) + " and depth " + std::to_string(depth) +
+                                    " needs more than the " + std::to_string(m.tree_cells_max) +
+                                    " KV cells reserved for trees");
+    }
+    depth = std::min<int32_t>(depth, m.n_ctx - (pos0 + (int32_t) n));
+    m.decode(tokens, g, n, pos0, 1);
+    const int32_t base = pos0 + (int32_t) n, hd = m.hp.hd;
+    DraftTree all;                        // every candidate, in creation (= depth) order
+    std::vector<int32_t> cell, src;       // a candidate's KV cell once expanded (-1: not), its state
+    std::vector<std::vector<float>> states;
+    auto add_children = [&](int32_t row, int32_t parent, int32_t d) {
+        states.emplace_back(m.state.begin() + (size_t) row * hd, m.state.begin() + (size_t) (row + 1) * hd);
+        const float score = parent < 0 ? 0.0f : all.scores[parent];
+        for (const auto & [t, lp] : m.topk(row, width)) {
+            all.tokens.push_back(t);
+            all.parents.push_back(parent);
+            all.depth.push_back(d);
+            all.scores.push_back(score + lp);
+            cell.push_back(-1);
+            src.push_back((int32_t) states.size() - 1);
+        }
+    };
+    if (depth >= 1) {
+        add_children(0, -1, 1);
+    }
+    size_t level_begin = 0;
+    for (int32_t d = 2; d <= depth; ++d) {
+        std::vector<int32_t> level;
+        for (size_t i = level_begin; i < all.tokens.size(); ++i) level.push_back((int32_t) i);
+        level_begin = all.tokens.size();
+        const int32_t rows = std::min<int32_t>(width, (int32_t) level.size());
+        std::partial_sort(level.begin(), level.begin() + rows, level.end(),
+                          [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
+        const int32_t cell0 = base + (d - 2) * width, n_kv = cell0 + rows;
+        std::vector<int32_t> toks(rows), pos(rows, base + d - 2);
+        std::vector<float> gs((size_t) rows * hd), mask((size_t) rows * n_kv, -INFINITY);
+        for (int32_t j = 0; j < rows; ++j) {
+            const int32_t x = level[j];
+            cell[x] = cell0 + j;
+            toks[j] = all.tokens[x];
+            std::copy(states[src[x]].begin(), states[src[x]].end(), gs.begin() + (size_t) j * hd);
+            float * row = mask.data() + (size_t) j * n_kv;
+            std::fill(row + m.kv_begin, row + base, 0.0f);
+            for (int32_t a = x; a >= 0; a = all.parents[a]) row[cell[a]] = 0.0f;  // every ancestor was expanded
+        }
+        m.check_tokens(toks.data(), rows);
+        m.run(toks.data(), gs.data(), rows, pos.data(), cell0, n_kv, mask.data(), 2);
+        for (int32_t j = 0; j < rows; ++j) add_children(j, level[j], d);
+    }
+    m.n_filled = base;  // the tree's cells are dropped
+    // keep the n_nodes best; ties go to the earlier (shallower) candidate, so parents stay
+    std::vector<int32_t> order(all.tokens.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = (int32_t) i;
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
+    order.resize(std::min<size_t>(order.size(), (size_t) std::max(n_nodes, 0)));
+    std::sort(order.begin(), order.end());
+    std::vector<int32_t> new_index(all.tokens.size(), -1);
+    DraftTree out;
+    for (int32_t i : order) {
+        const int32_t parent = all.parents[i] < 0 ? -1 : new_index[all.parents[i]];
+        if (all.parents[i] >= 0 && parent < 0) {
+            continue;  // unreachable by the ordering argument; never hand out an orphan
+        }
+        new_index[i] = (int32_t) out.tokens.size();
+        out.tokens.push_back(all.tokens[i]);
+        out.parents.push_back(parent);
+        out.depth.push_back(all.depth[i]);
+        out.scores.push_back(all.scores[i]);
+    }
+    return out;
 }
 
 void HeadGraph::extend(const int32_t * tokens, const float * g, int64_t n, int32_t pos0) {

@@ -4,10 +4,10 @@
 // next step is norm(h)), per-head q/k norms before RoPE, attention / MLP biases. The math
 // is eagle3_convert/reference.py's.
 //
-// Same operations and pairing convention as HeadRunner (head_runner.h) for chains: row i
+// Same operations and pairing convention as HeadRunner (head_runner.h), chains and trees: row i
 // of a decode consumes (token[i], g[i]) at RoPE position pos0 + i; KV from pos0 on is
-// replaced. Differences: chains only (no draft_tree), and the state a step hands on (the
-// `prenorm` of forward()) is next_state(h): h, or norm(h) with norm_output.
+// replaced. The state a step hands on (the `prenorm` of forward()) is next_state(h): h, or
+// norm(h) with norm_output.
 //
 // Weights come from the head GGUF; the token embedding and the output matrix, when the head
 // has none, from the target's GGUF file (token_embd.weight; output.weight, else the tied
@@ -30,7 +30,11 @@ struct HeadGraphParams {
     int32_t n_ctx = 0;
     int32_t n_batch = 512;
     int32_t n_threads = 1;
+    int32_t tree_width_max = 1;  // widest tree draft_tree() may be asked for (1: chains only)
+    int32_t tree_cells_max = 0;  // KV cells a tree may hold beyond the committed context
 };
+
+struct DraftTree;
 
 class HeadGraph {
 public:
@@ -50,6 +54,9 @@ public:
     // extend, then up to n_max chain steps; stops when the top-1 draft probability < p_min
     std::vector<int32_t> draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int32_t n_max,
                                float p_min);
+    // HeadRunner::draft_tree (head_runner.h), the tree's nodes masked to their ancestors
+    DraftTree draft_tree(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, int32_t depth, int32_t width,
+                         int32_t n_nodes);
     // every row's draft-vocabulary logits [n, Vd] and next state [n, Hd] (n <= n_batch)
     void forward(const int32_t * tokens, const float * g, int64_t n, int32_t pos0, std::vector<float> & logits,
                  std::vector<float> & state);

@@ -223,12 +223,80 @@ def test_variant_greedy_identical(name, tmp_path, targets):
     plain.close()
 
 
-def test_variant_tree_refused(tmp_path, targets):
+def reference_tree(head, tok_embd, cache: KVCache, state: np.ndarray, logits: np.ndarray, pos: int, depth: int,
+                   width: int) -> list[tuple[int, int, int, float]]:
+    """HeadRunner::draft_tree's expansion in NumPy: (token, parent, depth, score) of every candidate,
+    each expanded node decoded on a copy of the committed cache plus its own path."""
+    def children(lg: np.ndarray, parent: int, d: int, base: float) -> list:
+        lp = lg - (lg.max() + np.log(np.exp(lg - lg.max()).sum()))
+        best = np.argsort(-lp, kind="stable")[:width]
+        return [(int(head.d2t[i]), parent, d, base + float(lp[i])) for i in best]
+
+    nodes = children(logits, -1, 1, 0.0)
+    info = {}  # expanded node -> (cache after its path, its state)
+    level = list(range(len(nodes)))
+    for d in range(2, depth + 1):
+        chosen = sorted(level, key=lambda i: -nodes[i][3])[:width]
+        level = []
+        for x in chosen:
+            parent = nodes[x][1]
+            c, g = (cache, state) if parent < 0 else info[parent]
+            c = KVCache(list(c.k), list(c.v))
+            t = np.array([nodes[x][0]])
+            lg, st = decode(head, head.config, tok_embd[t], g, np.array([pos + d - 2]), cache=c)
+            info[x] = (c, st)
+            start = len(nodes)
+            nodes += children(lg[0], x, d, nodes[x][3])
+            level += range(start, len(nodes))
+    return nodes
+
+
+def test_variant_tree_matches_reference(tmp_path, targets):
+    """Trees in this runtime's graph (width 2, depth 4, every candidate kept) == the NumPy expansion;
+    a width-1 tree is the chain draft()."""
     from llama_eagle3 import Llama
 
-    out, _ = run_convert(VARIANTS["norm_output"], tmp_path, targets["llama"], N_VOCAB)
-    with pytest.raises(ValueError, match="chains only"):
-        Llama(str(targets["llama"]), n_ctx=256, verbose=False, eagle3_head=str(out), eagle3_tree_width=2)
+    out, _ = run_convert(VARIANTS["fc_norm, 4 taps, q/k norms, biases, norm_output"], tmp_path, targets["llama"],
+                         N_VOCAB)
+    head = read_head_gguf(out)
+    tok_embd = gguf_tensor(open_gguf(targets["llama"]), "token_embd.weight")
+    llm = Llama(str(targets["llama"]), n_ctx=256, verbose=False, eagle3_head=str(out), eagle3_draft_max=4,
+                eagle3_tree_width=2, eagle3_tree_nodes=16)
+    try:
+        runner = llm._engine.drafter.runner
+        rng = np.random.default_rng(2)
+        n = 10
+        g = runner.encode(rng.standard_normal((n, 4 * tm.H)).astype(np.float32))
+        tokens = rng.integers(0, N_VOCAB, n).astype(np.int32)
+        tree = runner.draft_tree(tokens, g, 0, 4, 2, 100)
+        cache = KVCache()
+        logits, state = decode(head, head.config, tok_embd[tokens], g, np.arange(n), cache=cache)
+        ref = reference_tree(head, tok_embd, cache, state[-1:], logits[-1], n, 4, 2)
+        assert len(tree[0]) == len(ref) == 2 + 4 + 4 + 4
+        got = sorted(zip(tree[2], tree[3], tree[0]), key=lambda r: (r[0], -r[1]))
+        want = sorted(((d, s, t) for t, _, d, s in ref), key=lambda r: (r[0], -r[1]))
+        assert [(d, t) for d, _, t in got] == [(d, t) for d, _, t in want]
+        np.testing.assert_allclose([s for _, s, _ in got], [s for _, s, _ in want], rtol=1e-4, atol=1e-4)
+        chain = runner.draft(tokens, g, 0, 4, 0.0)
+        assert runner.draft_tree(tokens, g, 0, 4, 1, 4)[0] == chain
+        assert chain == [t for t, _, _, _ in reference_tree(head, tok_embd, cache, state[-1:], logits[-1], n, 4, 1)]
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("name", ["norm_output", "speculators 0.8.0.dev0 (Qwen3-235B head, 4 taps)"])
+def test_variant_tree_greedy_identical(name, tmp_path, targets):
+    from test_greedy import plain_llm, spec_llm
+
+    out, _ = run_convert(VARIANTS[name], tmp_path, targets["llama"], N_VOCAB)
+    plain = plain_llm(targets["llama"], n_threads=1)
+    spec = spec_llm(targets["llama"], out, eagle3_draft_max=3, eagle3_tree_width=2, eagle3_tree_nodes=6, n_threads=1)
+    prompt = "in the beginning of the"
+    assert plain(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"] == \
+        spec(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
+    assert spec.speculative_stats()["drafted"] > 0
+    spec.close()
+    plain.close()
 
 
 def test_upstream_llama_cpp_refuses_eagle3x(tmp_path, targets):

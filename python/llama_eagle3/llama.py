@@ -160,9 +160,6 @@ class Llama(llama_cpp.Llama):
             else:
                 head = check_head_gguf(path, target)
                 layer_ids = list(head.config.target_layers)
-                if head.variant and self.eagle3_tree_width > 1:
-                    raise ValueError(f"EAGLE-3 head {path} runs in this runtime's own graph (arch eagle3x), which "
-                                     f"drafts chains only: use eagle3_tree_width=1")
         except ConversionError as e:
             raise ValueError(f"{'DFlash' if dflash else 'EAGLE-3'} head {path} cannot be used with "
                              f"{self.model_path}: {e}") from None
@@ -181,7 +178,9 @@ class Llama(llama_cpp.Llama):
             self._policy.costs.per_proposal = True  # one block decode per proposal, whatever its length
         elif head.variant:  # norm_output, fc_norm, 4-5 taps, q/k norms, biases: llama.cpp's graph cannot
             runner = core.HeadGraph(str(path), self.model_path, target.n_embd, self._n_ctx, self.n_batch,
-                                    self.context_params.n_threads, [] if head.d2t is None else [int(x) for x in head.d2t])
+                                    self.context_params.n_threads, [] if head.d2t is None else [int(x) for x in head.d2t],
+                                    tree_width_max=self.eagle3_tree_width,
+                                    tree_cells_max=self.eagle3_tree_width * self.eagle3_draft_max)
             drafter = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         else:
             ctx = context_address(self._ctx.ctx)
