@@ -201,13 +201,16 @@ def _zeros_like(name: str, rows_of: Optional[str] = None) -> Callable[[dict], np
     return lambda t: np.zeros(t[rows_of or name].shape[0], np.float32)
 
 
-def _qk_norm(t: dict) -> None:
-    rng = np.random.default_rng(3)
-    t["L.self_attn.q_norm.weight"] = (1 + 0.2 * rng.standard_normal(tm.HEAD_DIM)).astype(np.float32)
-    t["L.self_attn.k_norm.weight"] = (1 + 0.2 * rng.standard_normal(tm.HEAD_DIM)).astype(np.float32)
+def qk_norm_tensors(head_dim: int = tm.HEAD_DIM) -> Edit:
+    """Qwen3-style per-head q/k norms (not all ones: a missing norm would show)."""
+    def edit(t: dict) -> None:
+        rng = np.random.default_rng(3)
+        t["L.self_attn.q_norm.weight"] = (1 + 0.2 * rng.standard_normal(head_dim)).astype(np.float32)
+        t["L.self_attn.k_norm.weight"] = (1 + 0.2 * rng.standard_normal(head_dim)).astype(np.float32)
+    return edit
 
 
-def _fc_norm(n_taps: int, width: int = tm.H) -> Edit:
+def fc_norm_tensors(n_taps: int, width: int = tm.H) -> Edit:
     """speculators' per-tap norms fc_norm.<i>.weight (top level)."""
     def edit(t: dict) -> None:
         rng = np.random.default_rng(4)
@@ -215,7 +218,7 @@ def _fc_norm(n_taps: int, width: int = tm.H) -> Edit:
     return edit
 
 
-def _biases(projs) -> Edit:
+def bias_tensors(projs) -> Edit:
     """Nonzero biases on the named projections (q/k/v/o: self_attn, gate/up/down: mlp)."""
     def edit(t: dict) -> None:
         rng = np.random.default_rng(6)
@@ -329,7 +332,7 @@ QUIRKS: dict[str, Quirk] = {
     "norm_before_fc with input_norm": Quirk("speculators", config=_set(norm_before_fc=True),
                                             tensors=_add("input_norm.weight", lambda t: np.full(3 * tm.H, 1.1, np.float32)),
                                             llama_cpp=True),
-    "fc_norm": Quirk("speculators", config=_set(fc_norm=True), tensors=_fc_norm(3), variant=True),
+    "fc_norm": Quirk("speculators", config=_set(fc_norm=True), tensors=fc_norm_tensors(3), variant=True),
     "fc_norm without its tensors": Quirk(config=_set(fc_norm=True), refused="fc_norm is set"),
     "norm_output": Quirk(config=_set(norm_output=True), variant=True),
     "use_aux_hidden_state false": Quirk(config=lambda c: c["eagle_config"].update(use_aux_hidden_state=False),
@@ -340,9 +343,9 @@ QUIRKS: dict[str, Quirk] = {
                                                                   _zeros_like(f"L.self_attn.{p}_proj.weight"))
                                                              for p in "qkv")),
                                               note="is all zeros", llama_cpp=True),
-    "attention_bias with biases": Quirk(config=_set(attention_bias=True), tensors=_biases("qkvo"), variant=True),
-    "mlp_bias with biases": Quirk(config=_set(mlp_bias=True), tensors=_biases(("gate", "up", "down")), variant=True),
-    "q_norm / k_norm": Quirk(tensors=_qk_norm, variant=True),
+    "attention_bias with biases": Quirk(config=_set(attention_bias=True), tensors=bias_tensors("qkvo"), variant=True),
+    "mlp_bias with biases": Quirk(config=_set(mlp_bias=True), tensors=bias_tensors(("gate", "up", "down")), variant=True),
+    "q_norm / k_norm": Quirk(tensors=qk_norm_tensors(), variant=True),
     "fc bias": Quirk(tensors=_add("fc.bias", lambda t: np.ones(tm.H, np.float32)), refused="a bias on fc"),
     "MHA (kv heads = heads)": Quirk(shape=Shape(n_kv=tm.N_HEAD), llama_cpp=True),
     "sliding_window, use_sliding_window false": Quirk(config=_set(sliding_window=4, use_sliding_window=False)),

@@ -18,18 +18,18 @@ from eagle3_convert.gguf_io import read_head_gguf
 from eagle3_convert.reference import KVCache, decode, encode
 from eagle3_convert.target import gguf_tensor, open_gguf
 from head_check import rel
-from test_quirks import QUIRKS, Quirk, Shape, _biases, _fc_norm, _qk_norm, build, run_convert
+from test_quirks import QUIRKS, Quirk, Shape, bias_tensors, fc_norm_tensors, qk_norm_tensors, run_convert
 
 N_VOCAB = len(tm.tokenizer_keys()["tokenizer.ggml.tokens"])
 
 
-def _speculators_config(version: str, verifier: str, ids: list[int], s: Shape) -> dict:
+def speculators_config(version: str, verifier: str, ids: list[int], s: Shape, n_vocab: int = N_VOCAB) -> dict:
     """config.json as speculators writes it (Eagle3SpeculatorConfig.to_dict): every key kept."""
     return {
         "architectures": ["Eagle3DraftModel"], "auto_map": {"": "eagle3.Eagle3DraftModel"},
         "speculators_model_type": "eagle3", "speculators_version": version, "dtype": "float32",
         "transformers_version": "4.57.1", "has_no_defaults_at_init": False, "embed_requires_grad": False,
-        "draft_vocab_size": tm.DRAFT_VOCAB, "target_hidden_size": None,
+        "draft_vocab_size": s.draft_vocab, "target_hidden_size": None,
         "norm_before_residual": True, "norm_before_fc": True, "fc_norm": False, "norm_output": True,
         "eagle_aux_hidden_state_layer_ids": ids,
         "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
@@ -41,16 +41,16 @@ def _speculators_config(version: str, verifier: str, ids: list[int], s: Shape) -
             "intermediate_size": s.ff, "num_attention_heads": s.n_head, "num_key_value_heads": s.n_kv,
             "head_dim": s.head_dim, "num_hidden_layers": 1, "hidden_act": "silu", "rms_norm_eps": 1e-5,
             "rope_theta": 1000000.0, "rope_scaling": None, "max_position_embeddings": tm.CTX,
-            "vocab_size": N_VOCAB, "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+            "vocab_size": n_vocab, "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
             "initializer_range": 0.02, "pretraining_tp": 1, "tie_word_embeddings": False, "use_cache": True,
             "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None, "torch_dtype": "float32"},
     }
 
 
-def _speculators_quirk(version: str, verifier: str, ids: list[int]) -> Quirk:
-    s = Shape(taps=len(ids))
-    cfg = _speculators_config(version, verifier, ids, s)
-    norm = lambda t: np.full(len(ids) * tm.H, 1.1, np.float32)  # noqa: E731
+def speculators_quirk(version: str, verifier: str, ids: list[int], shape: Shape = Shape(), n_vocab: int = N_VOCAB) -> Quirk:
+    s = Shape(**{**shape.__dict__, "taps": len(ids)})
+    cfg = speculators_config(version, verifier, ids, s, n_vocab)
+    norm = lambda t: np.full(len(ids) * s.target_hidden, 1.1, np.float32)  # noqa: E731
     return Quirk("speculators", shape=s, config=lambda c: (c.clear(), c.update(json.loads(json.dumps(cfg)))),
                  tensors=lambda t: t.__setitem__("input_norm.weight", norm(t)), layers=tuple(ids), variant=True)
 
@@ -61,16 +61,16 @@ VARIANTS: dict[str, Quirk] = {
     "5 taps": QUIRKS["5 taps"],
     "fc_norm": QUIRKS["fc_norm"],
     "q_norm / k_norm": QUIRKS["q_norm / k_norm"],
-    "attention and mlp biases": Quirk(tensors=_biases(("q", "k", "v", "o", "gate", "up", "down")), variant=True),
+    "attention and mlp biases": Quirk(tensors=bias_tensors(("q", "k", "v", "o", "gate", "up", "down")), variant=True),
     "fc_norm, 4 taps, q/k norms, biases, norm_output": Quirk(
         "speculators", shape=Shape(taps=4),
         config=lambda c: c.update(fc_norm=True, norm_output=True, norm_before_residual=True,
                                   eagle_aux_hidden_state_layer_ids=[1, 3, 5, 7]),
-        tensors=lambda t: (_fc_norm(4)(t), _qk_norm(t), _biases("qkv")(t)), layers=(1, 3, 5, 7), variant=True),
+        tensors=lambda t: (fc_norm_tensors(4)(t), qk_norm_tensors()(t), bias_tensors("qkv")(t)), layers=(1, 3, 5, 7), variant=True),
     # the issue's two heads at the tiny target's scale: 3 taps of 88 layers / 4 taps [2, 46, 91, 93] of 94
-    "speculators 0.7.0.dev80 (Mistral-Large-123B head)": _speculators_quirk(
+    "speculators 0.7.0.dev80 (Mistral-Large-123B head)": speculators_quirk(
         "0.7.0.dev80", "mistralai/Mistral-Large-Instruct-2411", [2, 4, 5]),
-    "speculators 0.8.0.dev0 (Qwen3-235B head, 4 taps)": _speculators_quirk(
+    "speculators 0.8.0.dev0 (Qwen3-235B head, 4 taps)": speculators_quirk(
         "0.8.0.dev0", "Qwen/Qwen3-235B-A22B", [2, 4, 6, 7]),
 }
 
@@ -151,7 +151,7 @@ def test_variant_reference_matches_checkpoint(name, tmp_path, targets):
     assert rel(ref_logits, logits) < 1e-5
 
 
-def check_graph_matches_reference(path, target, n: int = 24, far: int = 700) -> None:
+def check_graph_matches_reference(path, target, n_vocab: int = N_VOCAB, n: int = 24, far: int = 700) -> None:
     """This runtime's graph == the reference: n rows from position 0, a chain step, then rows at
     positions far..far+7 after a long extend (RoPE far from 0, attention over ~700 cells)."""
     from llama_eagle3 import Llama, _core
@@ -165,7 +165,7 @@ def check_graph_matches_reference(path, target, n: int = 24, far: int = 700) -> 
         assert isinstance(runner, _core.HeadGraph)
         rng = np.random.default_rng(0)
         f = rng.standard_normal((far, head.config.n_taps * head.config.target_hidden_size)).astype(np.float32)
-        tokens = rng.integers(0, N_VOCAB, far + 8).astype(np.int32)
+        tokens = rng.integers(0, n_vocab, far + 8).astype(np.int32)
         g = runner.encode(f)
         ref_g = encode(head, head.config, f)
         assert rel(g, ref_g) <= 1e-4
@@ -194,7 +194,7 @@ def check_graph_matches_reference(path, target, n: int = 24, far: int = 700) -> 
         with pytest.raises(IndexError, match="do not continue its KV"):
             runner.extend(tokens[:1], g[:1], 400)
         with pytest.raises(ValueError, match="outside the vocabulary"):
-            runner.extend(np.array([N_VOCAB], np.int32), g[:1], 308)
+            runner.extend(np.array([n_vocab], np.int32), g[:1], 308)
     finally:
         llm.close()
 
