@@ -409,6 +409,7 @@ def test_quirk_converts(name, tmp_path, targets, n_vocab):
     if q.expect:
         assert q.expect(head)
     assert (read_gguf_header(out).meta["general.architecture"] == "eagle3x") == q.variant
+    assert any("written as arch eagle3x" in line for line in logs) == q.variant
     if q.llama_cpp:
         check_llama_cpp_matches_reference(out, targets["llama"], n_vocab)
 
