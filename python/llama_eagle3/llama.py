@@ -146,8 +146,10 @@ class Llama(llama_cpp.Llama):
                           n_vocab=self._n_vocab, source=self.model_path)
 
     def _attach_head(self, path: Path, capture_mode: CaptureMode) -> None:
-        """The drafter the head GGUF's general.architecture names: `eagle3` (proposer.py) or `dflash`
-        (dflash.py), every input checked first (llama.cpp aborts the process on a failed assert)."""
+        """The drafter the head GGUF's general.architecture names: `eagle3` (proposer.py on llama.cpp's
+        graph, HeadRunner), `eagle3x` (proposer.py on this runtime's graph, HeadGraph: the variants
+        llama.cpp's graph cannot run) or `dflash` (dflash.py), every input checked first (llama.cpp
+        aborts the process on a failed assert)."""
         target = self._target_info()
         dflash = head_architecture(path) == "dflash"
         try:
