@@ -18,7 +18,7 @@ from eagle3_convert.gguf_io import read_head_gguf
 from eagle3_convert.reference import KVCache, decode, encode
 from eagle3_convert.target import gguf_tensor, open_gguf
 from head_check import rel
-from test_quirks import QUIRKS, Quirk, Shape, bias_tensors, fc_norm_tensors, qk_norm_tensors, run_convert
+from test_quirks import LLAMA3, QUIRKS, YARN, Quirk, Shape, bias_tensors, fc_norm_tensors, qk_norm_tensors, run_convert
 
 N_VOCAB = len(tm.tokenizer_keys()["tokenizer.ggml.tokens"])
 
@@ -199,9 +199,15 @@ def check_graph_matches_reference(path, target, n_vocab: int = N_VOCAB, n: int =
         llm.close()
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+# RoPE scaling in this runtime's graph (rope_freqs for llama3; ggml's YaRN with attn_factor)
+ROPE_VARIANTS = {f"norm_output, rope_scaling {k}": Quirk(config=lambda c, r=r: c.update(norm_output=True, rope_scaling=r),
+                                                         variant=True)
+                 for k, r in (("llama3", LLAMA3), ("yarn", YARN), ("linear", {"rope_type": "linear", "factor": 2.0}))}
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, *ROPE_VARIANTS])
 def test_variant_graph_matches_reference(name, tmp_path, targets):
-    out, _ = run_convert(VARIANTS[name], tmp_path, targets["llama"], N_VOCAB)
+    out, _ = run_convert({**VARIANTS, **ROPE_VARIANTS}[name], tmp_path, targets["llama"], N_VOCAB)
     check_graph_matches_reference(out, targets["llama"])
 
 
