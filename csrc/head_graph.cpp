@@ -1,145 +1,39 @@
 #include "head_graph.h"
 
 #include "head_runner.h"  // DraftTree
+#include "head_weights.h"
 
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
-#include "gguf.h"
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <map>
+#include <memory>
 #include <stdexcept>
-#include <tuple>
 
 namespace {
 
 constexpr int GRAPH_NODES = 512;
 
-// A GGUF file's metadata and tensor directory (no data). gguf's typed getters abort on a type
-// mismatch, so every getter checks the type first and throws instead.
-struct GgufFile {
-    std::string path;
-    gguf_context * gguf = nullptr;
-    ggml_context * meta = nullptr;
-
-    explicit GgufFile(const std::string & p) : path(p) {
-        gguf_init_params ip = {/*no_alloc =*/ true, /*ctx =*/ &meta};
-        gguf = gguf_init_from_file(p.c_str(), ip);
-        if (gguf == nullptr) {
-            throw std::runtime_error("cannot read the GGUF file " + p);
-        }
-    }
-    ~GgufFile() {
-        if (meta != nullptr) ggml_free(meta);
-        if (gguf != nullptr) gguf_free(gguf);
-    }
-    GgufFile(const GgufFile &) = delete;
-    GgufFile & operator=(const GgufFile &) = delete;
-
-    int64_t find(const std::string & key, bool required) const {
-        const int64_t id = gguf_find_key(gguf, key.c_str());
-        if (id < 0 && required) {
-            throw std::runtime_error(path + ": missing key " + key);
-        }
-        return id;
-    }
-    [[noreturn]] void bad(const std::string & key, const char * what) const {
-        throw std::runtime_error(path + ": key " + key + " must be " + what);
-    }
-    int64_t integer(const std::string & key, int64_t def, bool required = false) const {
-        const int64_t id = find(key, required);
-        if (id < 0) return def;
-        switch (gguf_get_kv_type(gguf, id)) {
-            case GGUF_TYPE_UINT32: return gguf_get_val_u32(gguf, id);
-            case GGUF_TYPE_INT32: return gguf_get_val_i32(gguf, id);
-            case GGUF_TYPE_UINT64: return (int64_t) gguf_get_val_u64(gguf, id);
-            default: bad(key, "an integer");
-        }
-    }
-    float real(const std::string & key, float def, bool required = false) const {
-        const int64_t id = find(key, required);
-        if (id < 0) return def;
-        if (gguf_get_kv_type(gguf, id) != GGUF_TYPE_FLOAT32) bad(key, "a float32");
-        return gguf_get_val_f32(gguf, id);
-    }
-    bool boolean(const std::string & key) const {
-        const int64_t id = find(key, false);
-        if (id < 0) return false;
-        if (gguf_get_kv_type(gguf, id) != GGUF_TYPE_BOOL) bad(key, "a bool");
-        return gguf_get_val_bool(gguf, id);
-    }
-    std::string str(const std::string & key, const std::string & def) const {
-        const int64_t id = find(key, false);
-        if (id < 0) return def;
-        if (gguf_get_kv_type(gguf, id) != GGUF_TYPE_STRING) bad(key, "a string");
-        return gguf_get_val_str(gguf, id);
-    }
-    std::vector<int32_t> ints(const std::string & key) const {
-        const int64_t id = find(key, true);
-        const auto t = gguf_get_kv_type(gguf, id) == GGUF_TYPE_ARRAY ? gguf_get_arr_type(gguf, id) : GGUF_TYPE_COUNT;
-        if (t != GGUF_TYPE_INT32 && t != GGUF_TYPE_UINT32) bad(key, "an array of 32-bit integers");
-        const auto * d = static_cast<const int32_t *>(gguf_get_arr_data(gguf, id));
-        return std::vector<int32_t>(d, d + gguf_get_arr_n(gguf, id));
-    }
-    ggml_tensor * tensor(const std::string & name) const { return ggml_get_tensor(meta, name.c_str()); }
-};
-
-struct HParams {
-    int32_t hd = 0, ff = 0, nh = 0, nkv = 0, hdim = 0, ht = 0;
-    float eps = 1e-6f, theta = 10000.0f;
-    bool norm_before_residual = false, norm_before_fc = false, norm_output = false, fc_norm = false;
-    // RoPE (ggml_rope_ext's arguments): plain, linear, yarn; llama3 through the rope_freqs tensor
-    float freq_scale = 1.0f, ext_factor = 0.0f, attn_factor = 1.0f;
-    int32_t n_ctx_orig = 0;
-};
-
-// head GGUF name -> required (a plain eagle3 head's tensors that every head has)
-const std::map<std::string, bool> HEAD_TENSORS = {
-    {"fc.weight", true}, {"blk.0.attn_norm.weight", true}, {"blk.0.attn_norm_2.weight", true},
-    {"blk.0.attn_q.weight", true}, {"blk.0.attn_k.weight", true}, {"blk.0.attn_v.weight", true},
-    {"blk.0.attn_output.weight", true}, {"blk.0.ffn_norm.weight", true}, {"blk.0.ffn_gate.weight", true},
-    {"blk.0.ffn_up.weight", true}, {"blk.0.ffn_down.weight", true}, {"output_norm.weight", true},
-    {"output.weight", false}, {"token_embd.weight", false}, {"enc.output_norm.weight", false},
-    {"enc.tap_norm.weight", false}, {"rope_freqs.weight", false},
-    {"blk.0.attn_q_norm.weight", false}, {"blk.0.attn_k_norm.weight", false},
-    {"blk.0.attn_q.bias", false}, {"blk.0.attn_k.bias", false}, {"blk.0.attn_v.bias", false},
-    {"blk.0.attn_output.bias", false}, {"blk.0.ffn_gate.bias", false}, {"blk.0.ffn_up.bias", false},
-    {"blk.0.ffn_down.bias", false},
-};
-
 }  // namespace
 
 struct HeadGraph::Impl {
-    HParams hp;
-    std::vector<int32_t> layers, d2t;
+    // declared in the order they are made: destroyed graph allocator, weights, backend
+    std::unique_ptr<ggml_backend, decltype(&ggml_backend_free)> backend{nullptr, ggml_backend_free};
+    HeadWeights wts;
+    std::unique_ptr<ggml_gallocr, decltype(&ggml_gallocr_free)> galloc{nullptr, ggml_gallocr_free};
+    const HeadHParams & hp = wts.hp;
+    std::vector<int32_t> d2t;
     int32_t n_ctx = 0, n_batch = 0, n_vd = 0, tree_width_max = 1, tree_cells_max = 0;
     // KV cell p holds position p; positions [kv_begin, n_filled) are written (empty: kv_begin == n_filled).
     // As in llama.cpp, a sequence may start at any position of an empty KV.
     int32_t kv_begin = 0, n_filled = 0;
-    ggml_backend_t backend = nullptr;
-    ggml_context * wctx = nullptr;              // weights and KV cache (allocated in wbuf)
-    ggml_backend_buffer_t wbuf = nullptr;
-    ggml_gallocr_t galloc = nullptr;
-    std::map<std::string, ggml_tensor *> w;     // by head GGUF name
-    ggml_tensor * cache_k = nullptr, * cache_v = nullptr;
     std::vector<uint8_t> graph_meta;            // the compute context's tensor and graph structs
     std::vector<float> logits, state;           // outputs of the latest decode's read rows
 
-    ~Impl() {
-        if (galloc != nullptr) ggml_gallocr_free(galloc);
-        if (wbuf != nullptr) ggml_backend_buffer_free(wbuf);
-        if (wctx != nullptr) ggml_free(wctx);
-        if (backend != nullptr) ggml_backend_free(backend);
-    }
-
-    ggml_tensor * W(const char * name) const {
-        auto it = w.find(name);
-        return it == w.end() ? nullptr : it->second;
-    }
+    ggml_tensor * W(const char * name) const { return wts.get(name); }
     ggml_tensor * norm(ggml_context * c, ggml_tensor * x, const char * weight) const {
         return ggml_mul(c, ggml_rms_norm(c, x, hp.eps), W(weight));
     }
@@ -158,17 +52,17 @@ struct HeadGraph::Impl {
         return ggml_init(ip);
     }
     void alloc(ggml_cgraph * gf) {
-        if (!ggml_gallocr_alloc_graph(galloc, gf)) {
+        if (!ggml_gallocr_alloc_graph(galloc.get(), gf)) {
             throw std::runtime_error("eagle3x head: could not allocate the compute graph");
         }
     }
     void compute(ggml_cgraph * gf) {
-        if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) {
+        if (ggml_backend_graph_compute(backend.get(), gf) != GGML_STATUS_SUCCESS) {
             throw std::runtime_error("eagle3x head: graph computation failed");
         }
     }
 
-    void load(const HeadGraphParams & p);
+    void check_d2t();  // d2t against the output rows and the vocabulary; sets n_vd
     void run(const int32_t * tokens, const float * g, int64_t rows, const int32_t * positions, int32_t cell0,
              int32_t n_kv, const float * mask, int read);
     void check_tokens(const int32_t * tokens, int64_t n) const;
@@ -177,129 +71,8 @@ struct HeadGraph::Impl {
     std::vector<std::pair<int32_t, float>> topk(int32_t row, int32_t k) const;
 };
 
-namespace {
-
-HParams read_hparams(const GgufFile & f, std::vector<int32_t> & layers) {
-    const std::string a = "eagle3x.";
-    HParams hp;
-    hp.hd = (int32_t) f.integer(a + "embedding_length", 0, true);
-    hp.ff = (int32_t) f.integer(a + "feed_forward_length", 0, true);
-    hp.nh = (int32_t) f.integer(a + "attention.head_count", 0, true);
-    hp.nkv = (int32_t) f.integer(a + "attention.head_count_kv", hp.nh);
-    hp.hdim = (int32_t) f.integer(a + "attention.key_length", hp.nh > 0 ? hp.hd / hp.nh : 0);
-    hp.ht = (int32_t) f.integer(a + "target_hidden_size", 0, true);
-    hp.eps = f.real(a + "attention.layer_norm_rms_epsilon", 0.0f, true);
-    hp.theta = f.real(a + "rope.freq_base", 10000.0f);
-    hp.norm_before_residual = f.boolean(a + "norm_before_residual");
-    hp.norm_before_fc = f.boolean(a + "norm_before_fc");
-    hp.norm_output = f.boolean(a + "norm_output");
-    hp.fc_norm = f.boolean(a + "fc_norm");
-    const std::string kind = f.str(a + "rope.scaling.type", "none");
-    const float factor = f.real(a + "rope.scaling.factor", 1.0f);
-    if (kind == "linear" || kind == "yarn") {
-        hp.freq_scale = 1.0f / factor;
-    } else if (kind != "none") {
-        throw std::runtime_error(f.path + ": rope.scaling.type " + kind + " is not none, linear or yarn");
-    }
-    if (kind == "yarn") {
-        hp.ext_factor = 1.0f;
-        hp.attn_factor = f.real(a + "rope.scaling.attn_factor", 1.0f);  // ggml multiplies by mscale(factor)
-        hp.n_ctx_orig = (int32_t) f.integer(a + "rope.scaling.original_context_length", 0, true);
-    }
-    layers = f.ints(a + "target_layers");
-    if (hp.hd <= 0 || hp.nh <= 0 || hp.nkv <= 0 || hp.hdim <= 0 || hp.hdim % 2 || hp.nh % hp.nkv || hp.ht <= 0 ||
-        layers.size() < 3 || layers.size() > 5) {
-        throw std::runtime_error(f.path + ": inconsistent eagle3x hyperparameters (convert the head again)");
-    }
-    return hp;
-}
-
-// the file's data of `src` into `dst` (same shape and type), bounds checked
-void read_data(const GgufFile & f, const std::string & name, ggml_tensor * dst) {
-    const int64_t id = gguf_find_tensor(f.gguf, name.c_str());
-    const size_t off = gguf_get_data_offset(f.gguf) + gguf_get_tensor_offset(f.gguf, id);
-    std::ifstream in(f.path, std::ios::binary);
-    in.seekg(0, std::ios::end);
-    const size_t size = (size_t) in.tellg();
-    const size_t nbytes = ggml_nbytes(dst);
-    if (off + nbytes > size) {
-        throw std::runtime_error(f.path + ": tensor " + name + " runs past the end of the file (truncated?)");
-    }
-    const bool host = ggml_backend_buffer_is_host(dst->buffer);  // read in place, no second copy
-    std::vector<char> buf(host ? 0 : nbytes);
-    in.seekg((std::streamoff) off);
-    in.read(host ? static_cast<char *>(dst->data) : buf.data(), (std::streamsize) nbytes);
-    if (!in) {
-        throw std::runtime_error(f.path + ": could not read tensor " + name);
-    }
-    if (!host) {
-        ggml_backend_tensor_set(dst, buf.data(), 0, nbytes);
-    }
-}
-
-}  // namespace
-
-void HeadGraph::Impl::load(const HeadGraphParams & p) {
-    GgufFile head(p.head_path);
-    if (head.str("general.architecture", "") != "eagle3x") {
-        throw std::runtime_error(p.head_path + ": general.architecture is not eagle3x");
-    }
-    hp = read_hparams(head, layers);
-    if (hp.ht != p.n_target_embd) {
-        throw std::runtime_error(p.head_path + ": the head reads target states of width " + std::to_string(hp.ht) +
-                                 ", the target has " + std::to_string(p.n_target_embd));
-    }
-    std::unique_ptr<GgufFile> target;
-    // (file, name in the file, our name)
-    std::vector<std::tuple<const GgufFile *, std::string, std::string>> plan;
-    for (const auto & [name, required] : HEAD_TENSORS) {
-        if (head.tensor(name) != nullptr) {
-            plan.emplace_back(&head, name, name);
-        } else if (required) {
-            throw std::runtime_error(p.head_path + ": eagle3x head lacks tensor " + name);
-        }
-    }
-    for (const char * name : {"token_embd.weight", "output.weight"}) {
-        if (head.tensor(name) != nullptr) continue;
-        if (!target) target = std::make_unique<GgufFile>(p.target_path);
-        const std::string src = target->tensor(name) != nullptr ? name : "token_embd.weight";  // tied embeddings
-        if (target->tensor(src) == nullptr) {
-            throw std::runtime_error(p.target_path + ": the target has no " + src + " for the head to share");
-        }
-        plan.emplace_back(target.get(), src, name);
-    }
-    ggml_init_params ip = {ggml_tensor_overhead() * (plan.size() + 2), nullptr, /*no_alloc =*/ true};
-    wctx = ggml_init(ip);
-    for (auto & [file, src, name] : plan) {
-        ggml_tensor * t = ggml_dup_tensor(wctx, file->tensor(src));
-        ggml_set_name(t, name.c_str());
-        w[name] = t;
-    }
-    cache_k = ggml_new_tensor_3d(wctx, GGML_TYPE_F32, hp.hdim, hp.nkv, n_ctx + tree_cells_max);
-    cache_v = ggml_new_tensor_3d(wctx, GGML_TYPE_F32, hp.hdim, hp.nkv, n_ctx + tree_cells_max);
-    wbuf = ggml_backend_alloc_ctx_tensors(wctx, backend);
-    if (wbuf == nullptr) {
-        throw std::runtime_error("eagle3x head: could not allocate its weights and KV cache");
-    }
-    for (auto & [file, src, name] : plan) {
-        read_data(*file, src, w[name]);
-    }
-    const auto shape_is = [&](const char * name, int64_t ne0, int64_t ne1) {
-        ggml_tensor * t = W(name);
-        return t == nullptr || (t->ne[0] == ne0 && (ne1 < 0 || t->ne[1] == ne1));
-    };
-    const int64_t n_enc = (int64_t) layers.size() * hp.ht;
+void HeadGraph::Impl::check_d2t() {
     n_vd = (int32_t) W("output.weight")->ne[1];
-    if (!shape_is("fc.weight", n_enc, hp.hd) || !shape_is("token_embd.weight", hp.hd, -1) ||
-        !shape_is("output.weight", hp.hd, -1) || !shape_is("blk.0.attn_q.weight", 2 * hp.hd, hp.nh * hp.hdim) ||
-        !shape_is("blk.0.attn_k.weight", 2 * hp.hd, hp.nkv * hp.hdim) || !shape_is("enc.tap_norm.weight", n_enc, -1) ||
-        !shape_is("blk.0.attn_q_norm.weight", hp.hdim, -1) || !shape_is("blk.0.ffn_gate.weight", hp.hd, hp.ff) ||
-        (hp.fc_norm && W("enc.tap_norm.weight") == nullptr) ||
-        (hp.norm_before_fc && W("enc.output_norm.weight") == nullptr) ||
-        ((W("blk.0.attn_q_norm.weight") == nullptr) != (W("blk.0.attn_k_norm.weight") == nullptr))) {
-        throw std::runtime_error(p.head_path + ": eagle3x tensors do not fit its hyperparameters or the target "
-                                 "(token embedding / output width)");
-    }
     if (!d2t.empty() && (int32_t) d2t.size() != n_vd) {
         throw std::runtime_error("d2t has " + std::to_string(d2t.size()) + " ids for a draft vocabulary of " +
                                  std::to_string(n_vd));
@@ -326,26 +99,27 @@ HeadGraph::HeadGraph(const HeadGraphParams & p, std::vector<int32_t> draft_to_ta
     m.d2t = std::move(draft_to_target);
     m.n_ctx = p.n_ctx;
     m.n_batch = p.n_batch;
-    m.backend = ggml_backend_cpu_init();
-    if (m.backend == nullptr) {
+    m.backend.reset(ggml_backend_cpu_init());
+    if (!m.backend) {
         throw std::runtime_error("could not start ggml's CPU backend");
     }
-    ggml_backend_cpu_set_n_threads(m.backend, p.n_threads);
-    m.load(p);
-    m.galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(m.backend));
+    ggml_backend_cpu_set_n_threads(m.backend.get(), p.n_threads);
+    load_head_weights(m.wts, p.head_path, p.target_path, p.n_target_embd, m.backend.get(), m.n_ctx + m.tree_cells_max);
+    m.check_d2t();
+    m.galloc.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(m.backend.get())));
 }
 
 HeadGraph::~HeadGraph() = default;
 
 int32_t HeadGraph::n_embd() const { return impl_->hp.hd; }
-int32_t HeadGraph::n_embd_enc() const { return (int32_t) impl_->layers.size() * impl_->hp.ht; }
+int32_t HeadGraph::n_embd_enc() const { return (int32_t) impl_->wts.layers.size() * impl_->hp.ht; }
 int32_t HeadGraph::n_ctx() const { return impl_->n_ctx; }
-std::vector<int32_t> HeadGraph::target_layers() const { return impl_->layers; }
+std::vector<int32_t> HeadGraph::target_layers() const { return impl_->wts.layers; }
 
 void HeadGraph::encode(const float * features, int64_t n, std::vector<float> & g) {
     Impl & m = *impl_;
-    const HParams & hp = m.hp;
-    const int64_t n_enc = n_embd_enc(), n_taps = (int64_t) m.layers.size();
+    const HeadHParams & hp = m.hp;
+    const int64_t n_enc = n_embd_enc(), n_taps = (int64_t) m.wts.layers.size();
     g.resize((size_t) n * hp.hd);
     for (int64_t i = 0; i < n; i += m.n_batch) {
         const int64_t rows = std::min<int64_t>(m.n_batch, n - i);
@@ -404,15 +178,15 @@ void HeadGraph::Impl::run(const int32_t * tokens, const float * g, int64_t rows,
     }
     q = rope(c, q, pos);
     k = rope(c, k, pos);
-    const size_t nb1 = cache_k->nb[1], nb2 = cache_k->nb[2];
-    ggml_build_forward_expand(gf, ggml_cpy(c, k, ggml_view_3d(c, cache_k, hp.hdim, hp.nkv, rows, nb1, nb2, cell0 * nb2)));
-    ggml_build_forward_expand(gf, ggml_cpy(c, v, ggml_view_3d(c, cache_v, hp.hdim, hp.nkv, rows, nb1, nb2, cell0 * nb2)));
+    const size_t nb1 = wts.cache_k->nb[1], nb2 = wts.cache_k->nb[2];
+    ggml_build_forward_expand(gf, ggml_cpy(c, k, ggml_view_3d(c, wts.cache_k, hp.hdim, hp.nkv, rows, nb1, nb2, cell0 * nb2)));
+    ggml_build_forward_expand(gf, ggml_cpy(c, v, ggml_view_3d(c, wts.cache_v, hp.hdim, hp.nkv, rows, nb1, nb2, cell0 * nb2)));
     ggml_tensor * out_state = nullptr, * out_logits = nullptr;
     if (read != 0) {  // else only the K/V writes run: a one-layer head's later rows read nothing else of these
         // attention over cells [0, n_kv): K [hdim, n_kv, nkv], Q [hdim, rows, nh] (query head h reads kv head
         // h / (nh / nkv), as HF's repeat_interleave), V^T [n_kv, hdim, nkv]
-        ggml_tensor * K = ggml_permute(c, ggml_view_3d(c, cache_k, hp.hdim, hp.nkv, n_kv, nb1, nb2, 0), 0, 2, 1, 3);
-        ggml_tensor * V = ggml_view_3d(c, cache_v, hp.hdim, hp.nkv, n_kv, nb1, nb2, 0);
+        ggml_tensor * K = ggml_permute(c, ggml_view_3d(c, wts.cache_k, hp.hdim, hp.nkv, n_kv, nb1, nb2, 0), 0, 2, 1, 3);
+        ggml_tensor * V = ggml_view_3d(c, wts.cache_v, hp.hdim, hp.nkv, n_kv, nb1, nb2, 0);
         ggml_tensor * kq = ggml_mul_mat(c, K, ggml_permute(c, q, 0, 2, 1, 3));
         kq = ggml_soft_max_ext(c, kq, mask, 1.0f / std::sqrt((float) hp.hdim), 0.0f);
         ggml_tensor * kqv = ggml_mul_mat(c, ggml_cont(c, ggml_permute(c, V, 1, 2, 0, 3)), kq);  // [hdim, rows, nh]

@@ -9,9 +9,9 @@
 // replaced. The state a step hands on (the `prenorm` of forward()) is next_state(h): h, or
 // norm(h) with norm_output.
 //
-// Weights come from the head GGUF; the token embedding and the output matrix, when the head
-// has none, from the target's GGUF file (token_embd.weight; output.weight, else the tied
-// token_embd.weight). Runs on ggml's CPU backend (weights, KV cache and graph in host memory).
+// Weights: head_weights.h (the head GGUF; the token embedding and the output matrix, when the
+// head has none, from the target's GGUF). Runs on ggml's CPU backend (weights, KV cache and graph
+// in host memory).
 // The KV cache is F32 [head_dim, n_kv_heads, n_ctx] for K (after RoPE) and V; cell p holds
 // position p. A decode at pos0 drops every position >= pos0; one at or before the first kept
 // position (or into an empty KV) starts the sequence at pos0, as llama.cpp lets a sequence start
