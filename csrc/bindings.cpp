@@ -1,6 +1,7 @@
 // Python module llama_eagle3._core: the hidden-state capture hook and the head runner.
 // llama.cpp objects cross the boundary as integer addresses taken from llama_cpp's
 // ctypes handles; this module links the same libllama that llama_cpp loaded.
+#include "head_graph.h"
 #include "head_runner.h"
 #include "hidden_capture.h"
 
@@ -137,4 +138,74 @@ PYBIND11_MODULE(_core, m) {
             return py::make_tuple(to_array(std::move(logits), n, nd), to_array(std::move(prenorm), n, h.n_embd()));
         })
         .def("truncate", &HeadRunner::truncate);
+
+    // the same chain operations for eagle3x heads in this runtime's own graph (head_graph.h)
+    py::class_<HeadGraph>(m, "HeadGraph")
+        .def(py::init([](const std::string & head_path, const std::string & target_path, int32_t n_target_embd,
+                         int32_t n_ctx, int32_t n_batch, int32_t n_threads, std::vector<int32_t> d2t,
+                         int32_t tree_width_max, int32_t tree_cells_max) {
+                 HeadGraphParams p;
+                 p.tree_width_max = tree_width_max;
+                 p.tree_cells_max = tree_cells_max;
+                 p.head_path = head_path;
+                 p.target_path = target_path;
+                 p.n_target_embd = n_target_embd;
+                 p.n_ctx = n_ctx;
+                 p.n_batch = n_batch;
+                 p.n_threads = n_threads;
+                 py::gil_scoped_release release;
+                 return new HeadGraph(p, std::move(d2t));
+             }),
+             py::arg("head_path"), py::arg("target_path"), py::arg("n_target_embd"), py::arg("n_ctx"), py::arg("n_batch"),
+             py::arg("n_threads"), py::arg("d2t"), py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0)
+        .def_property_readonly("n_embd", &HeadGraph::n_embd)
+        .def_property_readonly("n_embd_enc", &HeadGraph::n_embd_enc)
+        .def_property_readonly("n_ctx", &HeadGraph::n_ctx)
+        .def_property_readonly("target_layers", &HeadGraph::target_layers)
+        .def("encode", [](HeadGraph & h, f32_array features) {
+            const int64_t n = features.ndim() == 2 ? features.shape(0) : -1;
+            check_rows(features, n, h.n_embd_enc(), "features");
+            std::vector<float> g;
+            {
+                py::gil_scoped_release release;
+                h.encode(features.data(), n, g);
+            }
+            return to_array(std::move(g), n, h.n_embd());
+        })
+        .def("extend", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            py::gil_scoped_release release;
+            h.extend(tokens.data(), g.data(), tokens.size(), pos0);
+        })
+        .def("draft", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0, int32_t n_max, float p_min) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            std::vector<int32_t> r;
+            {
+                py::gil_scoped_release release;
+                r = h.draft(tokens.data(), g.data(), tokens.size(), pos0, n_max, p_min);
+            }
+            return r;
+        })
+        .def("draft_tree", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0, int32_t depth, int32_t width,
+                              int32_t n_nodes) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            DraftTree t;
+            {
+                py::gil_scoped_release release;
+                t = h.draft_tree(tokens.data(), g.data(), tokens.size(), pos0, depth, width, n_nodes);
+            }
+            return py::make_tuple(t.tokens, t.parents, t.depth, t.scores);
+        })
+        .def("forward", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0) {
+            const int64_t n = tokens.size();
+            check_rows(g, n, h.n_embd(), "g");
+            std::vector<float> logits, state;
+            {
+                py::gil_scoped_release release;
+                h.forward(tokens.data(), g.data(), n, pos0, logits, state);
+            }
+            const int64_t nd = n == 0 ? 0 : (int64_t) (logits.size() / n);
+            return py::make_tuple(to_array(std::move(logits), n, nd), to_array(std::move(state), n, h.n_embd()));
+        })
+        .def("truncate", &HeadGraph::truncate);
 }

@@ -1,6 +1,7 @@
 // Where the target's hidden states are captured.
 //
-// EAGLE-3 reads three residual-stream states of the target at every position.
+// EAGLE-3 reads three residual-stream states of the target at every position (an eagle3x head
+// 3..5, head_graph.h); both paths below take any number of layer ids.
 // Layer ids follow llama.cpp's GGUF key `eagle3.target_layers`: id L names the
 // INPUT of layer L, which is the OUTPUT of layer L-1. Every llama.cpp architecture
 // names its per-layer residual output `l_out-<il>`, so id L is tensor `l_out-<L-1>`.
@@ -47,7 +48,7 @@ public:
 
     bool enabled() const { return enabled_; }
 
-    // Rows captured since begin(): out[r * 3*n_embd + k*n_embd + j] = layer k, row r.
+    // Rows captured since begin(): out[r * n_layers*n_embd + k*n_embd + j] = layer k, row r.
     // Throws if the layers disagree on the row count or a tensor was unusable.
     int64_t take(std::vector<float> & out) const;
 
@@ -56,7 +57,7 @@ public:
 private:
     bool on_tensor(ggml_tensor * t, bool ask);
 
-    std::vector<std::string>        names_;  // "l_out-<L-1>" per layer, low/mid/high
+    std::vector<std::string>        names_;  // "l_out-<L-1>" per layer, in layer_ids order
     std::vector<std::vector<float>> rows_;   // per layer, [n_rows * n_embd]
     int32_t                         n_embd_;
     std::string                     error_;

@@ -25,14 +25,23 @@ PRESETS = {
     # a Llama-3.3-70B-shaped head with its own token embedding (Llama 3.3 70B heads carry one)
     "llama3.3-70b": dict(hidden=8192, n_head=64, n_kv=8, ff=28672, vocab=128256, draft_vocab=32000, n_layer=80,
                          own_embed=True),
+    # issue 23's two speculators heads (eagle3x: norm_output, norm_before_fc): a Mistral-Large-Instruct-2411
+    # head (speculators 0.7.0.dev80, 3 taps) and a Qwen3-235B-A22B head (0.8.0.dev0, 4 taps [2, 46, 91, 93])
+    "mistral-large-123b-speculators": dict(hidden=12288, n_head=96, n_kv=8, ff=28672, vocab=32768, draft_vocab=32000,
+                                           n_layer=88, own_embed=False, taps=[2, 44, 85], version="0.7.0.dev80",
+                                           verifier="mistralai/Mistral-Large-Instruct-2411", rope_theta=1000000.0),
+    "qwen3-235b-speculators": dict(hidden=4096, n_head=64, n_kv=4, head_dim=128, ff=24576, vocab=151936,
+                                   draft_vocab=32000, n_layer=94, own_embed=False, taps=[2, 46, 91, 93],
+                                   version="0.8.0.dev0", verifier="Qwen/Qwen3-235B-A22B", rope_theta=1000000.0),
 }
 GEN_ROWS = 8192  # rows of a matrix generated at a time
 
 
 def head_shapes(p: dict) -> dict[str, tuple[int, ...]]:
-    h, q, kv = p["hidden"], p["n_head"] * (p["hidden"] // p["n_head"]), p["n_kv"] * (p["hidden"] // p["n_head"])
-    return {
-        "fc.weight": (h, 3 * h), "norm.weight": (h,), "lm_head.weight": (p["draft_vocab"], h),
+    h, hd = p["hidden"], p.get("head_dim", p["hidden"] // p["n_head"])
+    q, kv, n = p["n_head"] * hd, p["n_kv"] * hd, len(p.get("taps", [0] * 3))
+    shapes = {
+        "fc.weight": (h, n * h), "norm.weight": (h,), "lm_head.weight": (p["draft_vocab"], h),
         "midlayer.input_layernorm.weight": (h,), "midlayer.hidden_norm.weight": (h,),
         "midlayer.self_attn.q_proj.weight": (q, 2 * h), "midlayer.self_attn.k_proj.weight": (kv, 2 * h),
         "midlayer.self_attn.v_proj.weight": (kv, 2 * h), "midlayer.self_attn.o_proj.weight": (h, q),
@@ -40,6 +49,27 @@ def head_shapes(p: dict) -> dict[str, tuple[int, ...]]:
         "midlayer.mlp.up_proj.weight": (p["ff"], h), "midlayer.mlp.down_proj.weight": (h, p["ff"]),
         "d2t": (p["draft_vocab"],),
     } | ({"embed_tokens.weight": (p["vocab"], h)} if p["own_embed"] else {})
+    if "version" in p:  # speculators names its layer layers.0.; norm_before_fc adds input_norm
+        shapes = {k.replace("midlayer.", "layers.0."): v for k, v in shapes.items()} | {"input_norm.weight": (n * h,)}
+    return shapes
+
+
+def speculators_config(p: dict) -> dict:
+    """config.json as speculators writes it (Eagle3SpeculatorConfig), the issue-23 heads' flags."""
+    return {
+        "architectures": ["Eagle3DraftModel"], "speculators_model_type": "eagle3", "speculators_version": p["version"],
+        "draft_vocab_size": p["draft_vocab"], "target_hidden_size": None, "norm_before_residual": True,
+        "norm_before_fc": True, "fc_norm": False, "norm_output": True, "embed_requires_grad": False,
+        "eagle_aux_hidden_state_layer_ids": p["taps"], "dtype": "bfloat16",
+        "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
+                               "verifier": {"name_or_path": p["verifier"]}},
+        "transformer_layer_config": {
+            "model_type": "llama", "hidden_size": p["hidden"], "intermediate_size": p["ff"],
+            "num_attention_heads": p["n_head"], "num_key_value_heads": p["n_kv"],
+            "head_dim": p.get("head_dim", p["hidden"] // p["n_head"]), "num_hidden_layers": 1, "hidden_act": "silu",
+            "rms_norm_eps": 1e-5, "rope_theta": p["rope_theta"], "max_position_embeddings": 131072,
+            "vocab_size": p["vocab"], "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False},
+    }
 
 
 def _bf16(a: np.ndarray) -> bytes:
@@ -69,6 +99,9 @@ def write_head(d: Path, p: dict, seed: int = 0) -> None:
                 for start in range(0, shape[0], GEN_ROWS):
                     rows = (min(GEN_ROWS, shape[0] - start), shape[1])
                     f.write(_bf16(rng.standard_normal(rows, dtype=np.float32) / np.sqrt(shape[1])))
+    if "version" in p:
+        (d / "config.json").write_text(json.dumps(speculators_config(p)))
+        return
     (d / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": p["hidden"], "intermediate_size": p["ff"],
         "num_attention_heads": p["n_head"], "num_key_value_heads": p["n_kv"], "num_hidden_layers": 1,

@@ -20,6 +20,7 @@ import pytest
 import tiny_models as tm
 from eagle3_convert.cli import convert
 from eagle3_convert.errors import ConversionError
+from eagle3_convert.gguf_header import read_gguf_header
 from eagle3_convert.gguf_io import read_head_gguf
 from eagle3_convert.head import Eagle3Head
 from eagle3_convert.reference import decode
@@ -168,6 +169,7 @@ class Quirk:
     llama_cpp: bool = False          # also compare llama.cpp's run of the head with the reference
     raw_config: Optional[Callable[[dict], str]] = None  # config.json text (duplicate keys)
     expect: Optional[Callable[[Eagle3Head], bool]] = None  # a property of the converted head
+    variant: bool = False            # written as arch eagle3x (this runtime's graph, not llama.cpp's)
 
 
 def _set(**kv) -> Edit:
@@ -199,9 +201,31 @@ def _zeros_like(name: str, rows_of: Optional[str] = None) -> Callable[[dict], np
     return lambda t: np.zeros(t[rows_of or name].shape[0], np.float32)
 
 
-def _qk_norm(t: dict) -> None:
-    t["L.self_attn.q_norm.weight"] = np.ones(tm.HEAD_DIM, np.float32)
-    t["L.self_attn.k_norm.weight"] = np.ones(tm.HEAD_DIM, np.float32)
+def qk_norm_tensors(head_dim: int = tm.HEAD_DIM) -> Edit:
+    """Qwen3-style per-head q/k norms (not all ones: a missing norm would show)."""
+    def edit(t: dict) -> None:
+        rng = np.random.default_rng(3)
+        t["L.self_attn.q_norm.weight"] = (1 + 0.2 * rng.standard_normal(head_dim)).astype(np.float32)
+        t["L.self_attn.k_norm.weight"] = (1 + 0.2 * rng.standard_normal(head_dim)).astype(np.float32)
+    return edit
+
+
+def fc_norm_tensors(n_taps: int, width: int = tm.H) -> Edit:
+    """speculators' per-tap norms fc_norm.<i>.weight (top level)."""
+    def edit(t: dict) -> None:
+        rng = np.random.default_rng(4)
+        t.update({f"fc_norm.{i}.weight": (1 + 0.2 * rng.standard_normal(width)).astype(np.float32) for i in range(n_taps)})
+    return edit
+
+
+def bias_tensors(projs) -> Edit:
+    """Nonzero biases on the named projections (q/k/v/o: self_attn, gate/up/down: mlp)."""
+    def edit(t: dict) -> None:
+        rng = np.random.default_rng(6)
+        for p in projs:
+            name = f"L.self_attn.{p}_proj" if p in "qkvo" else f"L.mlp.{p}_proj"
+            t[name + ".bias"] = (0.3 * rng.standard_normal(t[name + ".weight"].shape[0])).astype(np.float32)
+    return edit
 
 
 def _fp8(t: dict) -> None:
@@ -297,8 +321,9 @@ QUIRKS: dict[str, Quirk] = {
     "ids null: defaults": Quirk(config=_ids(None), layers=(2, 4, 5)),
     "eagle_config null: defaults": Quirk(config=_set(eagle_config=None), layers=(2, 4, 5)),
     "output-of ids, +1 as SGLang adds": Quirk(config=_ids([0, 2, 5]), layers=(1, 3, 6)),
-    "4 taps": Quirk(shape=Shape(taps=4), config=_ids([1, 2, 3, 4]), refused="4 target-layer taps"),
-    "5 taps": Quirk(shape=Shape(taps=5), config=_ids([1, 2, 3, 4, 5]), refused="5 target-layer taps"),
+    "4 taps": Quirk(shape=Shape(taps=4), config=_ids([1, 2, 3, 4]), layers=(2, 3, 4, 5), variant=True),
+    "5 taps": Quirk(shape=Shape(taps=5), config=_ids([1, 2, 3, 4, 5]), layers=(2, 3, 4, 5, 6), variant=True),
+    "6 taps": Quirk(shape=Shape(taps=6), config=_ids([1, 2, 3, 4, 5, 6]), refused="6 target-layer taps"),
     "last-layer tap": Quirk(config=_ids([1, 3, 7]), refused="output of the last layer"),
     # 9. norm options
     "norm_before_residual true (speculators)": Quirk("speculators", config=_set(norm_before_residual=True),
@@ -307,8 +332,9 @@ QUIRKS: dict[str, Quirk] = {
     "norm_before_fc with input_norm": Quirk("speculators", config=_set(norm_before_fc=True),
                                             tensors=_add("input_norm.weight", lambda t: np.full(3 * tm.H, 1.1, np.float32)),
                                             llama_cpp=True),
-    "fc_norm": Quirk(config=_set(fc_norm=True), refused="fc_norm"),
-    "norm_output": Quirk(config=_set(norm_output=True), refused="norm_output"),
+    "fc_norm": Quirk("speculators", config=_set(fc_norm=True), tensors=fc_norm_tensors(3), variant=True),
+    "fc_norm without its tensors": Quirk(config=_set(fc_norm=True), refused="fc_norm is set"),
+    "norm_output": Quirk(config=_set(norm_output=True), variant=True),
     "use_aux_hidden_state false": Quirk(config=lambda c: c["eagle_config"].update(use_aux_hidden_state=False),
                                         refused="use_aux_hidden_state"),
     # 10. attention and MLP variants
@@ -317,13 +343,10 @@ QUIRKS: dict[str, Quirk] = {
                                                                   _zeros_like(f"L.self_attn.{p}_proj.weight"))
                                                              for p in "qkv")),
                                               note="is all zeros", llama_cpp=True),
-    "attention_bias with biases": Quirk(config=_set(attention_bias=True),
-                                        tensors=_add("L.self_attn.q_proj.bias", lambda t: np.ones(64, np.float32)),
-                                        refused="attention_bias"),
-    "mlp_bias with biases": Quirk(config=_set(mlp_bias=True),
-                                  tensors=_add("L.mlp.up_proj.bias", lambda t: np.ones(tm.HEAD_FF, np.float32)),
-                                  refused="mlp_bias"),
-    "q_norm / k_norm": Quirk(tensors=_qk_norm, refused="q_norm/k_norm"),
+    "attention_bias with biases": Quirk(config=_set(attention_bias=True), tensors=bias_tensors("qkvo"), variant=True),
+    "mlp_bias with biases": Quirk(config=_set(mlp_bias=True), tensors=bias_tensors(("gate", "up", "down")), variant=True),
+    "q_norm / k_norm": Quirk(tensors=qk_norm_tensors(), variant=True),
+    "fc bias": Quirk(tensors=_add("fc.bias", lambda t: np.ones(tm.H, np.float32)), refused="a bias on fc"),
     "MHA (kv heads = heads)": Quirk(shape=Shape(n_kv=tm.N_HEAD), llama_cpp=True),
     "sliding_window, use_sliding_window false": Quirk(config=_set(sliding_window=4, use_sliding_window=False)),
     "sliding_window in use": Quirk(config=_set(sliding_window=4, use_sliding_window=True), refused="sliding-window"),
@@ -385,6 +408,8 @@ def test_quirk_converts(name, tmp_path, targets, n_vocab):
         assert any(q.note in line for line in logs), logs
     if q.expect:
         assert q.expect(head)
+    assert (read_gguf_header(out).meta["general.architecture"] == "eagle3x") == q.variant
+    assert any("written as arch eagle3x" in line for line in logs) == q.variant
     if q.llama_cpp:
         check_llama_cpp_matches_reference(out, targets["llama"], n_vocab)
 

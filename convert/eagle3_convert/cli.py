@@ -19,7 +19,7 @@ from .dflash_config import head_kind
 from .dflash_convert import convert_dflash
 from .dflash_head import DFlashHead
 from .gguf_io import GgufWeights, write_head_gguf
-from .head import Eagle3Head, check_against_target
+from .head import Eagle3Head, check_against_target, is_variant
 from .layouts import load_hf_head
 from .reference import decode, encode
 from .roundtrip import LIMITS, relative_difference, vocabulary_roundtrip
@@ -59,7 +59,7 @@ def reference_roundtrip(original: Eagle3Head, written: GgufWeights, n: int = 8,
     logits of at most LM_SAMPLE_ROWS draft tokens."""
     rng = np.random.default_rng(seed)
     c = original.config
-    f = rng.standard_normal((n, 3 * c.target_hidden_size))
+    f = rng.standard_normal((n, c.n_taps * c.target_hidden_size))
     emb = rng.standard_normal((n, c.hidden_size))
     pos = np.linspace(0, c.max_position_embeddings - 1, n).astype(np.int64)
     rows = np.unique(np.linspace(0, c.draft_vocab_size - 1, min(LM_SAMPLE_ROWS, c.draft_vocab_size)).astype(np.int64))
@@ -91,6 +91,10 @@ def convert(head_path: Path, target: str, outfile: Path, outtype: str = "f16", c
         f"{head.config.hidden_size}, draft vocab {head.config.draft_vocab_size}"
         f"{'' if head.lm_head is not None else ' (shares the target lm_head)'}"
         f"{'' if head.embed_tokens is not None else ', shares the target token embedding'}")
+    if is_variant(head):
+        log("note: the head has settings llama.cpp's eagle3 graph cannot run (4-5 taps, norm_output, fc_norm, q/k "
+            "norms or biases): written as arch eagle3x, which llama-eagle3 runs in its own graph and upstream "
+            "llama.cpp / llama-server refuse to load")
     write_head_gguf(head, tgt, outfile, outtype, progress=log)  # type: ignore[arg-type]
     written = GgufWeights(outfile)
     log(f"{outfile.stat().st_size / 1e9:.2f} GB written; reading it back for the reference check")

@@ -11,6 +11,12 @@ Conventions of the file:
     eagle3.rope.scaling.{type,factor,original_context_length,attn_factor}. llama.cpp
     multiplies YaRN's cos/sin by get_mscale(factor) * attn_factor, so attn_factor holds
     HF's attention_factor / get_mscale(factor).
+
+A head llama.cpp's eagle3 graph cannot run (head.is_variant: 4-5 taps, norm_output, fc_norm,
+q/k norms, biases) is written as arch `eagle3x` (VARIANT_ARCH), which upstream llama.cpp refuses
+to load: the same keys under `eagle3x.`, plus eagle3x.norm_output and eagle3x.fc_norm, the
+variant tensors of VARIANT_TENSOR_NAMES, and q/k rows NOT permuted (this runtime's graph,
+csrc/head_graph.cpp, applies NEOX (rotate-half) RoPE, and q/k norms and biases stay in HF order).
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ import numpy as np
 
 from .errors import ConversionError
 from .gguf_header import TensorInfo, read_gguf_header
-from .head import Eagle3Config, Eagle3Head, check_against_target, expected_shapes
+from .head import MAX_TAPS, MIN_TAPS, Eagle3Config, Eagle3Head, check_against_target, expected_shapes, is_variant
 from .hf_config import yarn_mscale
 from .reference import rope_factors
 from .target import TargetInfo
 
 ARCH = "eagle3"
+VARIANT_ARCH = "eagle3x"
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
 
 # canonical field -> GGUF tensor name
@@ -50,6 +57,19 @@ TENSOR_NAMES = {
     "embed_tokens": "token_embd.weight",
     "d2t": "d2t",
 }
+VARIANT_TENSOR_NAMES = {
+    "tap_norm": "enc.tap_norm.weight",
+    "q_norm": "blk.0.attn_q_norm.weight",
+    "k_norm": "blk.0.attn_k_norm.weight",
+    "q_bias": "blk.0.attn_q.bias",
+    "k_bias": "blk.0.attn_k.bias",
+    "v_bias": "blk.0.attn_v.bias",
+    "o_bias": "blk.0.attn_output.bias",
+    "gate_bias": "blk.0.ffn_gate.bias",
+    "up_bias": "blk.0.ffn_up.bias",
+    "down_bias": "blk.0.ffn_down.bias",
+}
+ALL_TENSOR_NAMES = TENSOR_NAMES | VARIANT_TENSOR_NAMES
 _MATRICES = {"fc", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens"}
 
 
@@ -106,9 +126,10 @@ def _tensors_to_write(head: Eagle3Head) -> TensorPlan:
     asks for CHUNK_ROWS rows at a time, or for every row at once when `whole` (q/k: the
     permutation works per head; vectors)."""
     c = head.config
-    n_heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
+    variant = is_variant(head)
+    n_heads = {} if variant else {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
     out = []
-    for field_name, tensor_name in TENSOR_NAMES.items():
+    for field_name, tensor_name in (ALL_TENSOR_NAMES if variant else TENSOR_NAMES).items():
         t = getattr(head, field_name)
         if t is None:
             continue
@@ -180,25 +201,29 @@ def write_head_gguf(head: Eagle3Head, target: TargetInfo, outfile: Path, outtype
 
     head.validate()
     c = head.config
-    w = gguf.GGUFWriter(str(outfile), ARCH)
+    arch = VARIANT_ARCH if is_variant(head) else ARCH
+    w = gguf.GGUFWriter(str(outfile), arch)
     w.add_string("general.name", name)
-    w.add_uint32(f"{ARCH}.context_length", c.max_position_embeddings)
-    w.add_uint32(f"{ARCH}.embedding_length", c.hidden_size)
-    w.add_uint32(f"{ARCH}.feed_forward_length", c.intermediate_size)
-    w.add_uint32(f"{ARCH}.block_count", 1)
-    w.add_uint32(f"{ARCH}.attention.head_count", c.num_attention_heads)
-    w.add_uint32(f"{ARCH}.attention.head_count_kv", c.num_key_value_heads)
-    w.add_uint32(f"{ARCH}.attention.key_length", c.head_dim)
-    w.add_uint32(f"{ARCH}.attention.value_length", c.head_dim)
-    w.add_uint32(f"{ARCH}.rope.dimension_count", c.head_dim)
-    w.add_float32(f"{ARCH}.rope.freq_base", c.rope_theta)
-    w.add_float32(f"{ARCH}.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
-    w.add_uint32(f"{ARCH}.vocab_size", c.vocab_size)
-    w.add_array(f"{ARCH}.target_layers", [int(i) for i in c.target_layers])
-    w.add_uint32(f"{ARCH}.target_hidden_size", c.target_hidden_size)
-    w.add_bool(f"{ARCH}.norm_before_residual", c.norm_before_residual)
-    w.add_bool(f"{ARCH}.norm_before_fc", c.norm_before_fc)
-    _write_rope_scaling(w, c)
+    w.add_uint32(f"{arch}.context_length", c.max_position_embeddings)
+    w.add_uint32(f"{arch}.embedding_length", c.hidden_size)
+    w.add_uint32(f"{arch}.feed_forward_length", c.intermediate_size)
+    w.add_uint32(f"{arch}.block_count", 1)
+    w.add_uint32(f"{arch}.attention.head_count", c.num_attention_heads)
+    w.add_uint32(f"{arch}.attention.head_count_kv", c.num_key_value_heads)
+    w.add_uint32(f"{arch}.attention.key_length", c.head_dim)
+    w.add_uint32(f"{arch}.attention.value_length", c.head_dim)
+    w.add_uint32(f"{arch}.rope.dimension_count", c.head_dim)
+    w.add_float32(f"{arch}.rope.freq_base", c.rope_theta)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
+    w.add_uint32(f"{arch}.vocab_size", c.vocab_size)
+    w.add_array(f"{arch}.target_layers", [int(i) for i in c.target_layers])
+    w.add_uint32(f"{arch}.target_hidden_size", c.target_hidden_size)
+    w.add_bool(f"{arch}.norm_before_residual", c.norm_before_residual)
+    w.add_bool(f"{arch}.norm_before_fc", c.norm_before_fc)
+    if arch == VARIANT_ARCH:
+        w.add_bool(f"{arch}.norm_output", c.norm_output)
+        w.add_bool(f"{arch}.fc_norm", c.fc_norm)
+    _write_rope_scaling(w, c, arch)
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[outtype])
     for key, value in target.tokenizer.items():
         write_kv(w, key, value)
@@ -236,38 +261,43 @@ def _read_rope_scaling(meta: dict[str, Any], arch: str = ARCH) -> Optional[dict]
 
 
 def read_head_config(meta: dict[str, Any], path: Path, draft_vocab_size: int) -> Eagle3Config:
-    if meta.get("general.architecture") != ARCH:
-        raise ConversionError(f"{path}: general.architecture is {meta.get('general.architecture')!r}, not "
-                              f"'eagle3': this file is not an EAGLE-3 head (convert one with convert-eagle3-gguf)")
+    arch = meta.get("general.architecture")
+    if arch not in ("eagle3", VARIANT_ARCH):
+        raise ConversionError(f"{path}: general.architecture is {arch!r}, not 'eagle3' or '{VARIANT_ARCH}': this "
+                              f"file is not an EAGLE-3 head (convert one with convert-eagle3-gguf)")
 
     def get(key: str) -> Any:
-        full = f"{ARCH}.{key}"
+        full = f"{arch}.{key}"
         if full not in meta:
             raise ConversionError(f"{path}: EAGLE-3 GGUF lacks key {full}")
         return meta[full]
 
     layers = get("target_layers")
-    if not isinstance(layers, list) or len(layers) != 3:
-        raise ConversionError(f"{path}: key {ARCH}.target_layers must hold three layer ids, got {layers!r}")
+    n_taps = (3, 3) if arch == ARCH else (MIN_TAPS, MAX_TAPS)
+    if not isinstance(layers, list) or not n_taps[0] <= len(layers) <= n_taps[1]:
+        raise ConversionError(f"{path}: key {arch}.target_layers must hold {n_taps[0]} to {n_taps[1]} layer ids, "
+                              f"got {layers!r}")
     hd = int(get("embedding_length"))
     n_head = int(get("attention.head_count"))
-    n_vocab = int(meta.get(f"{ARCH}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", [])))
+    n_vocab = int(meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", [])))
     return Eagle3Config(
         hidden_size=hd,
         intermediate_size=int(get("feed_forward_length")),
         num_attention_heads=n_head,
-        num_key_value_heads=int(meta.get(f"{ARCH}.attention.head_count_kv", n_head)),
-        head_dim=int(meta.get(f"{ARCH}.attention.key_length", hd // max(n_head, 1))),
+        num_key_value_heads=int(meta.get(f"{arch}.attention.head_count_kv", n_head)),
+        head_dim=int(meta.get(f"{arch}.attention.key_length", hd // max(n_head, 1))),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta.get(f"{ARCH}.rope.freq_base", 10000.0)),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         target_hidden_size=int(get("target_hidden_size")),
         vocab_size=n_vocab,
         draft_vocab_size=draft_vocab_size or n_vocab,
-        target_layers=(int(layers[0]), int(layers[1]), int(layers[2])),
-        max_position_embeddings=int(meta.get(f"{ARCH}.context_length", 4096)),
-        norm_before_residual=bool(meta.get(f"{ARCH}.norm_before_residual", False)),
-        norm_before_fc=bool(meta.get(f"{ARCH}.norm_before_fc", False)),
-        rope_scaling=_read_rope_scaling(meta),
+        target_layers=tuple(int(i) for i in layers),
+        max_position_embeddings=int(meta.get(f"{arch}.context_length", 4096)),
+        norm_before_residual=bool(meta.get(f"{arch}.norm_before_residual", False)),
+        norm_before_fc=bool(meta.get(f"{arch}.norm_before_fc", False)),
+        norm_output=bool(meta.get(f"{arch}.norm_output", False)),
+        fc_norm=bool(meta.get(f"{arch}.fc_norm", False)),
+        rope_scaling=_read_rope_scaling(meta, arch),
     )
 
 
@@ -301,24 +331,25 @@ class GgufWeights:
         self.path, self._tensors, self._size = header.path, header.tensors, header.size
         d2t = self._tensors.get("d2t")
         self.config = _check_layout(self.path, header.meta, set(self._tensors), d2t.ne[0] if d2t is not None else 0)
+        self.variant = header.meta.get("general.architecture") == VARIANT_ARCH
         if "rope_freqs.weight" in self._tensors:
             self.config.rope_scaling = {"rope_type": "freqs",
                                         "factors": self._read("rope_freqs.weight").astype(float).tolist()}
 
     def has(self, field_name: str) -> bool:
-        return TENSOR_NAMES[field_name] in self._tensors
+        return ALL_TENSOR_NAMES[field_name] in self._tensors
 
     def __getattr__(self, field_name: str) -> Optional[np.ndarray]:
-        if field_name not in TENSOR_NAMES:
+        if field_name not in ALL_TENSOR_NAMES:
             raise AttributeError(field_name)
         return self.rows(field_name) if self.has(field_name) else None
 
     def rows(self, field_name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
         """The tensor, or only `rows` of a matrix (q/k rows only whole: they are stored permuted)."""
-        t = self._read(TENSOR_NAMES[field_name], rows)
+        t = self._read(ALL_TENSOR_NAMES[field_name], rows)
         if field_name == "d2t":
             return t
-        if rows is None and field_name in ("q_proj", "k_proj"):
+        if rows is None and field_name in ("q_proj", "k_proj") and not self.variant:
             c = self.config
             t = unpermute_qk(t, c.num_attention_heads if field_name == "q_proj" else c.num_key_value_heads)
         return t
@@ -348,7 +379,7 @@ def read_tensor(path: Path, t: TensorInfo, file_size: int, rows: Optional[np.nda
 def read_head_gguf(path: Path) -> Eagle3Head:
     """The head in a GGUF file, weights dequantized to float32 and q/k un-permuted."""
     w = GgufWeights(path)
-    head = Eagle3Head(config=w.config, **{f: w.rows(f) for f in TENSOR_NAMES if w.has(f)})
+    head = Eagle3Head(config=w.config, **{f: w.rows(f) for f in ALL_TENSOR_NAMES if w.has(f)})
     head.validate()
     return head
 
@@ -358,6 +389,7 @@ class HeadFile:
     """What the runtime needs from a head GGUF, checked without loading the weights."""
     config: Eagle3Config
     d2t: Optional[np.ndarray]  # absolute target ids of the draft vocabulary; None: the full vocabulary
+    variant: bool = False      # arch eagle3x: runs in this runtime's graph, not llama.cpp's
 
 
 def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
@@ -368,7 +400,7 @@ def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
     d2t_t = by_name.get("d2t")
     config = _check_layout(path, header.meta, set(by_name), d2t_t.ne[0] if d2t_t is not None else 0)
     shapes = expected_shapes(config)
-    for field_name, tensor_name in TENSOR_NAMES.items():
+    for field_name, tensor_name in ALL_TENSOR_NAMES.items():
         t = by_name.get(tensor_name)
         if t is None:
             continue
@@ -377,6 +409,8 @@ def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
             raise ConversionError(f"{path}: tensor {tensor_name} has shape {shape}, expected {shapes[field_name]}")
     if config.norm_before_fc and "enc.output_norm.weight" not in by_name:
         raise ConversionError(f"{path}: norm_before_fc is set but tensor enc.output_norm.weight is missing")
+    if config.fc_norm and VARIANT_TENSOR_NAMES["tap_norm"] not in by_name:
+        raise ConversionError(f"{path}: fc_norm is set but tensor {VARIANT_TENSOR_NAMES['tap_norm']} is missing")
     d2t = None
     if d2t_t is not None:
         import gguf
@@ -392,4 +426,4 @@ def check_head_gguf(path: Path, target: TargetInfo) -> HeadFile:
         if len(np.unique(d2t)) != len(d2t):
             raise ConversionError(f"{path}: tensor d2t maps two draft ids to the same target id")
     check_against_target(config, target, has_embed_tokens="token_embd.weight" in by_name)
-    return HeadFile(config=config, d2t=d2t)
+    return HeadFile(config=config, d2t=d2t, variant=header.meta.get("general.architecture") == VARIANT_ARCH)

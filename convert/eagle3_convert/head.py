@@ -34,24 +34,39 @@ class Eagle3Config:
     target_hidden_size: int             # Ht
     vocab_size: int                     # target vocabulary
     draft_vocab_size: int               # Vd (== vocab_size when there is no d2t)
-    target_layers: tuple[int, int, int]
+    target_layers: tuple[int, ...]      # 3 (llama.cpp's eagle3 graph) .. MAX_TAPS (this runtime's graph)
     max_position_embeddings: int = 4096
     rope_scaling: Optional[dict] = None  # None or canonical scaling (hf_config.py: llama3, linear, yarn, freqs)
     norm_before_residual: bool = False
     norm_before_fc: bool = False
+    norm_output: bool = False           # the state fed to the next step is norm(h), not h (speculators 0.7)
+    fc_norm: bool = False               # one RMSNorm per tap before fc (tensor tap_norm)
+
+    @property
+    def n_taps(self) -> int:
+        return len(self.target_layers)
+
+
+MIN_TAPS, MAX_TAPS = 3, 5
+# the variant tensors llama.cpp's eagle3 graph has no place for (see is_variant)
+VARIANT_TENSORS = ("tap_norm", "q_norm", "k_norm", "q_bias", "k_bias", "v_bias", "o_bias",
+                   "gate_bias", "up_bias", "down_bias")
 
 
 def expected_shapes(c: Eagle3Config) -> dict[str, tuple[int, ...]]:
     """Shape of every canonical tensor (HF orientation) implied by the config."""
     hd, ff, ht = c.hidden_size, c.intermediate_size, c.target_hidden_size
     q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    nt = c.n_taps * ht
     return {
-        "fc": (hd, 3 * ht), "input_layernorm": (hd,), "hidden_norm": (hd,),
+        "fc": (hd, nt), "input_layernorm": (hd,), "hidden_norm": (hd,),
         "q_proj": (q, 2 * hd), "k_proj": (kv, 2 * hd), "v_proj": (kv, 2 * hd), "o_proj": (hd, q),
         "post_attention_layernorm": (hd,), "gate_proj": (ff, hd), "up_proj": (ff, hd),
         "down_proj": (hd, ff), "norm": (hd,),
         "lm_head": (c.draft_vocab_size, hd), "embed_tokens": (c.vocab_size, hd),
-        "d2t": (c.draft_vocab_size,), "enc_norm": (3 * ht,),
+        "d2t": (c.draft_vocab_size,), "enc_norm": (nt,), "tap_norm": (nt,),
+        "q_norm": (c.head_dim,), "k_norm": (c.head_dim,), "q_bias": (q,), "k_bias": (kv,), "v_bias": (kv,),
+        "o_bias": (hd,), "gate_bias": (ff,), "up_bias": (ff,), "down_bias": (hd,),
     }
 
 
@@ -99,7 +114,17 @@ class Eagle3Head:
     lm_head: Optional[np.ndarray] = None       # [Vd, Hd]; None: the target's output matrix
     embed_tokens: Optional[np.ndarray] = None  # [V, Hd]; None: the target's token embedding
     d2t: Optional[np.ndarray] = None           # [Vd] int64 ABSOLUTE target ids
-    enc_norm: Optional[np.ndarray] = None      # [3*Ht], only with norm_before_fc
+    enc_norm: Optional[np.ndarray] = None      # [n*Ht], only with norm_before_fc
+    tap_norm: Optional[np.ndarray] = None      # [n*Ht] the n per-tap norms end to end, only with fc_norm
+    q_norm: Optional[np.ndarray] = None        # [head_dim] per-head RMSNorm of q before RoPE (Qwen3)
+    k_norm: Optional[np.ndarray] = None        # [head_dim]
+    q_bias: Optional[np.ndarray] = None        # biases: [nh*hd], [nkv*hd], [nkv*hd], [Hd], [ff], [ff], [Hd]
+    k_bias: Optional[np.ndarray] = None
+    v_bias: Optional[np.ndarray] = None
+    o_bias: Optional[np.ndarray] = None
+    gate_bias: Optional[np.ndarray] = None
+    up_bias: Optional[np.ndarray] = None
+    down_bias: Optional[np.ndarray] = None
     extra: dict = field(default_factory=dict)  # provenance notes (layout, convention)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -109,8 +134,9 @@ class Eagle3Head:
         """Raises ConversionError naming the first inconsistent tensor or key."""
         c = self.config
         check_attention_config(c)
-        if len(c.target_layers) != 3 or any(int(i) < 1 for i in c.target_layers):
-            raise ConversionError(f"target_layers must be three layer ids >= 1, got {list(c.target_layers)}")
+        if not MIN_TAPS <= c.n_taps <= MAX_TAPS or any(int(i) < 1 for i in c.target_layers):
+            raise ConversionError(f"target_layers must be {MIN_TAPS} to {MAX_TAPS} layer ids >= 1, "
+                                  f"got {list(c.target_layers)}")
         for name, shape in self.expected_shapes().items():
             t = getattr(self, name)
             if t is None:
@@ -126,6 +152,10 @@ class Eagle3Head:
                 raise ConversionError(f"tensor {name} contains NaN or infinite values")
         if c.norm_before_fc and self.enc_norm is None:
             raise ConversionError("norm_before_fc is set but the head has no input_norm (enc_norm) tensor")
+        if c.fc_norm and self.tap_norm is None:
+            raise ConversionError("fc_norm is set but the head has no fc_norm.<i>.weight (tap_norm) tensors")
+        if (self.q_norm is None) != (self.k_norm is None):
+            raise ConversionError("the head has only one of q_norm and k_norm")
         if self.d2t is not None:
             d = self.d2t
             if d.dtype.kind not in "iu":
@@ -143,12 +173,19 @@ class Eagle3Head:
                                   "target's output matrix")
 
 
+def is_variant(head: Eagle3Head) -> bool:
+    """True for a head llama.cpp's eagle3 graph cannot run (this runtime's graph runs it, arch eagle3x):
+    other than three taps, norm_output, fc_norm, q/k norms or biases."""
+    c = head.config
+    return c.n_taps != 3 or c.norm_output or c.fc_norm or any(getattr(head, f) is not None for f in VARIANT_TENSORS)
+
+
 def check_against_target(config: Eagle3Config, target: "TargetInfo", has_embed_tokens: bool) -> None:
     """Raises ConversionError when the head cannot read this target's states or vocabulary."""
     where = f"target {target.source}"
     if config.target_hidden_size != target.n_embd:
         raise ConversionError(f"head expects target hidden size {config.target_hidden_size} (fc input "
-                              f"{3 * config.target_hidden_size}) but {where} has hidden size {target.n_embd}: "
+                              f"{config.n_taps * config.target_hidden_size}) but {where} has hidden size {target.n_embd}: "
                               f"this head was trained for another model")
     if config.vocab_size != target.n_vocab:
         raise ConversionError(f"head vocab_size {config.vocab_size} differs from the {target.n_vocab} tokens of {where}")

@@ -31,7 +31,7 @@ import numpy as np
 
 from .checkpoint import read_weights
 from .errors import ConversionError
-from .head import Eagle3Config, Eagle3Head
+from .head import MAX_TAPS, MIN_TAPS, VARIANT_TENSORS, Eagle3Config, Eagle3Head
 from .hf_config import (DEFAULT_N_HEAD, configured_draft_vocab, flag, merged_hparams, number, refuse,
                         refuse_unsupported, rope_settings, stored_layer_ids)
 from .target import TargetInfo, output_rows
@@ -59,9 +59,11 @@ _TOP_TENSORS = {
     "input_norm.weight": "enc_norm",
     "d2t": "d2t",
 }
-_BIASES = {f"self_attn.{p}_proj.bias": "attention_bias" for p in "qkvo"} | \
-          {f"mlp.{p}_proj.bias": "mlp_bias" for p in ("gate", "up", "down")} | {"fc.bias": "a bias on fc"}
-_QK_NORMS = {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}
+# variant tensors (run by this runtime's own graph, eagle3x): biases, q/k norms, per-tap fc norms
+_LAYER_VARIANTS = {f"self_attn.{p}_proj.bias": f"{p}_bias" for p in "qkvo"} | \
+                  {f"mlp.{p}_proj.bias": f"{p}_bias" for p in ("gate", "up", "down")} | \
+                  {"self_attn.q_norm.weight": "q_norm", "self_attn.k_norm.weight": "k_norm"}
+_FC_NORM = re.compile(r"fc_norm\.(\d+)\.weight")
 # t2d: a bool mask over the target vocabulary, derivable from d2t; inv_freq: a RoPE buffer
 # older transformers saved into .bin files
 _IGNORED = {"t2d", "self_attn.rotary_emb.inv_freq"}
@@ -97,11 +99,11 @@ def detect_layout(config: dict[str, Any], has_layer: bool) -> str:
 
 def resolve_layer_ids(stored: Optional[list[int]], layout: str, n_target_layers: int,
                       convention: Optional[Convention] = None,
-                      explicit: Optional[list[int]] = None) -> tuple[tuple[int, int, int], str]:
+                      explicit: Optional[list[int]] = None) -> tuple[tuple[int, ...], str]:
     """Target layer ids in llama.cpp's "input of layer" convention, and how they were found."""
     if explicit is not None:
-        if len(explicit) != 3:
-            raise ConversionError(f"--target-layers needs three ids, got {explicit}")
+        if not MIN_TAPS <= len(explicit) <= MAX_TAPS:
+            raise ConversionError(f"--target-layers needs {MIN_TAPS} to {MAX_TAPS} ids, got {explicit}")
         ids, how = list(explicit), "given on the command line"
         conv = convention or "input"
     else:
@@ -114,8 +116,7 @@ def resolve_layer_ids(stored: Optional[list[int]], layout: str, n_target_layers:
         else:
             conv = "input" if layout == "speculators" else "output"
             how = f"stored {stored}, '{conv} of layer i' convention detected from the {layout} layout"
-    out = tuple(i + 1 for i in ids) if conv == "output" else tuple(ids)
-    return (int(out[0]), int(out[1]), int(out[2])), how
+    return tuple(int(i) + (conv == "output") for i in ids), how
 
 
 def load_hf_head(path: Path, target: TargetInfo, convention: Optional[Convention] = None,
@@ -157,17 +158,20 @@ def _refuse_quantized(config: dict[str, Any], weights: dict[str, np.ndarray], no
         notes.append("quantization_config present but every weight is floating point: converted as stored")
 
 
-def _drop_zero_bias(name: str, a: np.ndarray, feature: str, notes: list[str]) -> None:
-    """A bias of zeros changes nothing and is dropped; any other bias is refused."""
-    if np.any(a):
-        raise refuse(f"{feature} ({name} is not zero)", "llama.cpp's eagle3 graph has no biases")
-    notes.append(f"{name} is all zeros: dropped")
+def _keep_variant(name: str, a: np.ndarray, field_name: str, out: dict[str, np.ndarray], notes: list[str]) -> None:
+    """A bias of zeros changes nothing and is dropped (the head stays a plain eagle3 head); any
+    other bias, and q/k norms, are kept (the head then runs in this runtime's graph, eagle3x)."""
+    if field_name.endswith("_bias") and not np.any(a):
+        notes.append(f"{name} is all zeros: dropped")
+        return
+    out[field_name] = a
 
 
 def _canonical_tensors(weights: dict[str, np.ndarray], notes: list[str]) -> dict[str, np.ndarray]:
     """Checkpoint names -> canonical field names; refuses per-head q/k norms, nonzero biases, extra layers."""
     out: dict[str, np.ndarray] = {}
     layers: set[int] = set()
+    taps: dict[int, np.ndarray] = {}
     for name, arr in weights.items():
         layer, sub = split_name(name)
         if layer is not None:
@@ -175,11 +179,14 @@ def _canonical_tensors(weights: dict[str, np.ndarray], notes: list[str]) -> dict
         table = _LAYER_TENSORS if layer is not None else _TOP_TENSORS
         if sub in table:
             out[table[sub]] = arr
-        elif sub in _BIASES:
-            _drop_zero_bias(name, arr, _BIASES[sub], notes)
-        elif sub in _QK_NORMS and layer is not None:
-            raise refuse(f"q_norm/k_norm (per-head norms on q and k, tensor {name})",
-                         "llama.cpp's eagle3 graph has no q/k norms")
+        elif layer is not None and sub in _LAYER_VARIANTS:
+            _keep_variant(name, arr, _LAYER_VARIANTS[sub], out, notes)
+        elif layer is None and _FC_NORM.fullmatch(sub):
+            taps[int(_FC_NORM.fullmatch(sub).group(1))] = arr
+        elif layer is None and sub == "fc.bias":
+            if np.any(arr):
+                raise refuse(f"a bias on fc ({name} is not zero)", "no EAGLE-3 trainer writes one; neither graph has it")
+            notes.append(f"{name} is all zeros: dropped")
         elif sub not in _IGNORED:
             where = "decoder layer" if layer is not None else "head"
             raise ConversionError(f"unexpected tensor {name} in the {where}: not part of an EAGLE-3 head "
@@ -187,6 +194,10 @@ def _canonical_tensors(weights: dict[str, np.ndarray], notes: list[str]) -> dict
     if len(layers) > 1:
         raise refuse(f"{len(layers)} decoder layers (tensors of layers {sorted(layers)})",
                      "llama.cpp's eagle3 graph runs exactly one")
+    if taps:
+        if sorted(taps) != list(range(len(taps))):
+            raise ConversionError(f"fc_norm tensors fc_norm.<i>.weight have indices {sorted(taps)}, not 0..{len(taps) - 1}")
+        out["tap_norm"] = np.concatenate([np.asarray(taps[i], np.float32).reshape(-1) for i in range(len(taps))])
     return out
 
 
@@ -215,7 +226,7 @@ def _attention_shape(h: dict[str, Any], t: dict[str, np.ndarray], notes: list[st
 
 
 def _taps(config: dict[str, Any], h: dict[str, Any], fc: np.ndarray) -> tuple[Optional[list[int]], int]:
-    """(stored capture ids or None, target hidden size); refuses anything but three taps."""
+    """(stored capture ids or None, target hidden size); refuses fewer than 3 or more than 5 taps."""
     stored = stored_layer_ids(config)
     n = len(stored) if stored is not None else 3
     width = fc.shape[1] if fc.ndim == 2 else 0
@@ -223,9 +234,9 @@ def _taps(config: dict[str, Any], h: dict[str, Any], fc: np.ndarray) -> tuple[Op
     if ht <= 0 or n * ht != width:
         ids = f" (config eagle_aux_hidden_state_layer_ids / target_layer_ids {stored})" if stored is not None else ""
         raise ConversionError(f"tensor fc reads {width} values, not {n} target layers{ids} x target hidden {ht}")
-    if n != 3:
+    if not MIN_TAPS <= n <= MAX_TAPS:
         raise refuse(f"{n} target-layer taps (capture layer ids {stored}, fc input {n} x {ht})",
-                     "llama.cpp's eagle3 graph concatenates exactly three")
+                     f"this runtime's graph fuses {MIN_TAPS} to {MAX_TAPS}")
     return stored, ht
 
 
@@ -279,6 +290,9 @@ def _load_hf_head(path: Path, target: TargetInfo, convention: Optional[Conventio
     rope_theta, rope_scaling = rope_settings(h, notes)
     stored, target_hidden = _taps(config, h, t["fc"])
     ids, how = resolve_layer_ids(stored, layout, target.n_layer, convention, explicit_layers)
+    if len(ids) != t["fc"].shape[1] // target_hidden:
+        raise ConversionError(f"{len(ids)} target layers {list(ids)} but fc reads {t['fc'].shape[1] // target_hidden} "
+                              f"taps of {target_hidden}")
     vocab = number(h, "vocab_size", int, None) or target.n_vocab
     d2t, lm_head, draft_vocab = _vocabulary(h, t, target, vocab, notes)
 
@@ -298,10 +312,12 @@ def _load_hf_head(path: Path, target: TargetInfo, convention: Optional[Conventio
         rope_scaling=rope_scaling,
         norm_before_residual=bool(flag(config, "norm_before_residual")),
         norm_before_fc=bool(flag(config, "norm_before_fc")) or "enc_norm" in t,
+        norm_output=bool(flag(config, "norm_output")),
+        fc_norm=bool(flag(config, "fc_norm")) or "tap_norm" in t,
     )
     head = Eagle3Head(
         config=config_out, fc=t["fc"], d2t=d2t, lm_head=lm_head, embed_tokens=t.get("embed_tokens"),
-        enc_norm=t.get("enc_norm"), norm=t["norm"],
+        enc_norm=t.get("enc_norm"), norm=t["norm"], **{v: t.get(v) for v in VARIANT_TENSORS},
         **{v: t[v] for v in _LAYER_TENSORS.values()},
         extra={"layout": layout, "layer_ids": how, "notes": notes},
     )

@@ -6,8 +6,14 @@ n rows (positions), Ht target width, Hd head width, Vd draft vocabulary.
 
 Pairing: row i consumes (token t[P+1], state g[P]) at RoPE position P (see
 csrc/head_runner.h). For the first draft step g is the encoded target feature
-encode(f[P]); for later steps it is the head's own pre-norm output h of the
-previous step.
+encode(f[P]); for later steps it is the head's own output state of the previous step:
+the pre-norm h, or norm(h) with norm_output (speculators' "Eagle 3.1"; logits are
+lm_head(norm(h)) either way).
+
+Variants this runtime's own graph runs (llama.cpp's eagle3 graph runs none of them):
+n taps (3..5), fc_norm (one RMSNorm per tap before fc), norm_output, q/k norms (per
+head, before RoPE), attention and MLP biases. A weights object without the variant
+attributes (the trainer's module) is the plain head.
 
 Every function takes a `weights` object with the Eagle3Head field names (an
 Eagle3Head of NumPy arrays, or the trainer's module of torch parameters).
@@ -130,11 +136,25 @@ def rope(x: Any, pos: np.ndarray, c: Eagle3Config) -> Any:
     return _cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def _opt(w: Any, name: str) -> Any:
+    """A variant tensor of the head, or None (absent, or a weights object without it)."""
+    return getattr(w, name, None)
+
+
+def _add_bias(x: Any, w: Any, name: str) -> Any:
+    b = _opt(w, name)
+    return x if b is None else x + _f(b)
+
+
 def encode(w: Any, c: Eagle3Config, features: Any) -> Any:
-    """f [..., 3*Ht] (low|mid|high) -> g [..., Hd]."""
+    """f [..., n*Ht] (the taps in target_layers order) -> g [..., Hd]."""
     x = _f(features)
     if c.norm_before_fc:
         x = rms_norm(x, w.enc_norm, c.rms_norm_eps)
+    if getattr(c, "fc_norm", False):
+        ht, tn = c.target_hidden_size, _f(w.tap_norm)
+        x = _cat([rms_norm(x[..., i * ht:(i + 1) * ht], tn[i * ht:(i + 1) * ht], c.rms_norm_eps)
+                  for i in range(c.n_taps)], axis=-1)
     return x @ _f(w.fc).T
 
 
@@ -149,9 +169,11 @@ def layer_input(w: Any, c: Eagle3Config, token_embd: Any, g: Any) -> tuple[Any, 
 def qkv(w: Any, c: Eagle3Config, x: Any, pos: np.ndarray) -> tuple[Any, Any, Any]:
     """x [..., n, 2*Hd] -> q [..., n, nh, hd], k, v [..., n, nkv, hd] (q, k rotated to pos)."""
     shape = tuple(x.shape[:-1])
-    q = (x @ w.q_proj.T).reshape(shape + (c.num_attention_heads, c.head_dim))
-    k = (x @ w.k_proj.T).reshape(shape + (c.num_key_value_heads, c.head_dim))
-    v = (x @ w.v_proj.T).reshape(shape + (c.num_key_value_heads, c.head_dim))
+    q = _add_bias(x @ w.q_proj.T, w, "q_bias").reshape(shape + (c.num_attention_heads, c.head_dim))
+    k = _add_bias(x @ w.k_proj.T, w, "k_bias").reshape(shape + (c.num_key_value_heads, c.head_dim))
+    v = _add_bias(x @ w.v_proj.T, w, "v_bias").reshape(shape + (c.num_key_value_heads, c.head_dim))
+    if _opt(w, "q_norm") is not None:
+        q, k = rms_norm(q, w.q_norm, c.rms_norm_eps), rms_norm(k, w.k_norm, c.rms_norm_eps)
     return rope(q, pos, c), rope(k, pos, c), v
 
 
@@ -162,16 +184,21 @@ def expand_kv(c: Eagle3Config, kv: Any) -> Any:
 
 def block_out(w: Any, c: Eagle3Config, attn: Any, residual: Any) -> Any:
     """attention output [..., n, nh*hd] + residual -> pre-norm state h [..., n, Hd]."""
-    h = attn @ w.o_proj.T + residual
+    h = _add_bias(attn @ w.o_proj.T, w, "o_bias") + residual
     m = rms_norm(h, w.post_attention_layernorm, c.rms_norm_eps)
-    gate, up = m @ w.gate_proj.T, m @ w.up_proj.T
-    return (gate / (1 + _lib(gate).exp(-gate)) * up) @ w.down_proj.T + h
+    gate, up = _add_bias(m @ w.gate_proj.T, w, "gate_bias"), _add_bias(m @ w.up_proj.T, w, "up_bias")
+    return _add_bias((gate / (1 + _lib(gate).exp(-gate)) * up) @ w.down_proj.T, w, "down_bias") + h
 
 
 def logits(w: Any, c: Eagle3Config, h: Any, lm_head: Optional[Any] = None) -> Any:
     """pre-norm state h [..., Hd] -> draft-vocabulary logits [..., Vd] (lm_head: the head's own by default)."""
     head = w.lm_head if lm_head is None else lm_head
     return rms_norm(h, w.norm, c.rms_norm_eps) @ _f(head).T
+
+
+def next_state(w: Any, c: Eagle3Config, h: Any) -> Any:
+    """The state the next draft step reads: h, or norm(h) with norm_output."""
+    return rms_norm(h, w.norm, c.rms_norm_eps) if getattr(c, "norm_output", False) else h
 
 
 # ---- inference: one decoder pass with a KV cache ------------------------------------------
@@ -188,7 +215,8 @@ def decode(w: Any, c: Eagle3Config, token_embd: np.ndarray, g: np.ndarray, pos: 
     """n rows, causal among them and over `cache` (extended in place); NumPy.
 
     token_embd [n, Hd] rows of the token embedding, g [n, Hd], pos [n].
-    Returns (logits [n, Vd], prenorm h [n, Hd]). lm_head defaults to the head's own."""
+    Returns (logits [n, Vd], the state the next step reads [n, Hd]: next_state(h)).
+    lm_head defaults to the head's own."""
     n = token_embd.shape[0]
     x, residual = layer_input(w, c, token_embd, g)
     q, k, v = qkv(w, c, x, pos)
@@ -204,4 +232,4 @@ def decode(w: Any, c: Eagle3Config, token_embd: np.ndarray, g: np.ndarray, pos: 
     p /= p.sum(-1, keepdims=True)
     attn = np.einsum("hij,jhd->ihd", p, V).reshape(n, -1)
     h = block_out(w, c, attn, residual)
-    return logits(w, c, h, lm_head), h
+    return logits(w, c, h, lm_head), next_state(w, c, h)

@@ -31,11 +31,13 @@ BUILTIN_ARCHS = frozenset({"llama", "qwen3", "qwen3moe", "qwen35", "qwen35moe", 
 
 
 class FeatureCapture:
-    """The three target states of the positions the target decodes (decode(capture=False):
-    none).
+    """The target states (one per capture layer: 3 for llama.cpp's eagle3 graph, 3..5 for an
+    eagle3x head) of the positions the target decodes (decode(capture=False): none).
 
-    take(n) after a llama_decode of n tokens returns [n, 3*Ht]: low|mid|high, in the
-    llama.cpp "input of layer" convention of `layer_ids`.
+    take(n) after a llama_decode of n tokens returns [n, len(layer_ids)*Ht]: the states in
+    layer_ids order, in the llama.cpp "input of layer" convention. Both paths take any number of
+    ids: the hook matches node names, and llama.cpp's built-in extraction keeps one flag per layer
+    (llama_context's embeddings_layer_inp, n_layer + 1 entries; no count limit).
     """
 
     def __init__(self, arch: str, layer_ids: Sequence[int], n_embd: int, n_layer: int, mode: CaptureMode = "auto"):
@@ -93,7 +95,7 @@ class FeatureCapture:
             self._hook.pause()
 
     def take(self, n: int) -> np.ndarray:
-        """[n, 3*Ht] for the n rows of the latest llama_decode (one ubatch: batch order)."""
+        """[n, len(layer_ids)*Ht] for the n rows of the latest llama_decode (one ubatch: batch order)."""
         if self._hook is not None:
             out = self._hook.take()
             if out.shape[0] != n:
@@ -127,7 +129,7 @@ class FeatureCapture:
                capture: bool = True) -> Optional[np.ndarray]:
         """One llama_decode of chunk at positions n_past.. in llm's context, with logits on rows
         first_logit.. (every row when llm has logits_all, the last row always), and the states
-        it captured: [len(chunk), 3*Ht]; capture=False captures nothing (None)."""
+        it captured: [len(chunk), len(layer_ids)*Ht]; capture=False captures nothing (None)."""
         llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=llm._logits_all)
         for j in range(max(first_logit, 0), len(chunk)):
             llm._batch.batch.logits[j] = True

@@ -159,8 +159,10 @@ class Llama(llama_cpp.Llama):
                           n_vocab=self._n_vocab, source=self.model_path)
 
     def _attach_head(self, path: Path, capture_mode: CaptureMode) -> None:
-        """The drafter the head GGUF's general.architecture names: `eagle3` (proposer.py) or `dflash`
-        (dflash.py), every input checked first (llama.cpp aborts the process on a failed assert)."""
+        """The drafter the head GGUF's general.architecture names: `eagle3` (proposer.py on llama.cpp's
+        graph, HeadRunner), `eagle3x` (proposer.py on this runtime's graph, HeadGraph: the variants
+        llama.cpp's graph cannot run) or `dflash` (dflash.py), every input checked first (llama.cpp
+        aborts the process on a failed assert)."""
         target = self._target_info()
         dflash = head_architecture(path) == "dflash"
         try:
@@ -189,6 +191,12 @@ class Llama(llama_cpp.Llama):
                                     self.context_params.n_threads, self.context_params.n_threads_batch,
                                     int(self.model_params.n_gpu_layers), catch_up_rows=self.n_batch)
             self._policy.costs.per_proposal = True  # one block decode per proposal, whatever its length
+        elif head.variant:  # norm_output, fc_norm, 4-5 taps, q/k norms, biases: llama.cpp's graph cannot
+            runner = core.HeadGraph(str(path), self.model_path, target.n_embd, self._n_ctx, self.n_batch,
+                                    self.context_params.n_threads, [] if head.d2t is None else [int(x) for x in head.d2t],
+                                    tree_width_max=self.eagle3_tree_width,
+                                    tree_cells_max=self.eagle3_tree_width * self.eagle3_draft_max)
+            drafter = Eagle3Proposer(runner, catch_up_rows=self.n_batch)
         else:
             ctx = context_address(self._ctx.ctx)
             runner = core.HeadRunner(str(path), ctx, self._n_ctx, self.n_batch, self.context_params.n_threads,

@@ -8,7 +8,7 @@ State, kept in step with the target's KV cache (positions 0..n_tokens-1):
     head_start <= head_n <= feature_end; positions before head_start have no features here,
     and the head's KV holds no cell (not even a draft's) while head_n == head_start
 
-Features stay raw (f, 3*Ht) until the head needs them: propose() encodes the pending rows
+Features stay raw (f, n_taps*Ht) until the head needs them: propose() encodes the pending rows
 (g = fc(f)) in one call, so plain steps without a draft and rejected verify rows cost no
 head work. Each round the engine calls propose(next_token): the head consumes every pending
 pair (the last one pairs g[n-1] with the freshly sampled next_token) in one decode, then
@@ -50,7 +50,7 @@ class Eagle3Proposer(PendingFeatures):
         self.reset()
 
     def observe(self, features: np.ndarray, input_ids: np.ndarray) -> None:
-        """Target features f [m, 3*Ht] of positions [feature_end, feature_end + m) (kept, not copied:
+        """Target features f [m, n_taps*Ht] of positions [feature_end, feature_end + m) (kept, not copied:
         the caller hands over a fresh array).
 
         input_ids: the target's tokens (at least through position feature_end + m - 1)."""
