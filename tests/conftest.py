@@ -56,3 +56,17 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     return smollm2_path()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--realshape", action="store_true",
+                     help="also run the realshape tests: heads converted at published sizes (GBs, minutes each)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if config.getoption("--realshape"):
+        return
+    skip = pytest.mark.skip(reason="a head at its published size: run with --realshape (GBs of disk, minutes)")
+    for item in items:
+        if "realshape" in item.keywords:
+            item.add_marker(skip)

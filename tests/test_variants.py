@@ -344,7 +344,7 @@ def test_four_taps_hook_only_architecture(tmp_path, targets):
     llm.close()
 
 
-@pytest.mark.slow  # each about 5 minutes on a busy 2-core machine; 1.2 GB (Qwen3) / 4.8 GB (Mistral) heads
+@pytest.mark.realshape  # each about 5 minutes on a busy 2-core machine; 1.2 GB (Qwen3) / 4.8 GB (Mistral) heads
 @pytest.mark.parametrize("preset", ["qwen3-235b-speculators", "mistral-large-123b-speculators"])
 def test_issue_heads_convert_at_real_shape(preset, tmp_path):
     """The issue's two speculators heads (random bf16 weights at their real shapes, their flags) against
