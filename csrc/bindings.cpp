@@ -41,6 +41,64 @@ void check_rows(const f32_array & a, int64_t rows, int64_t width, const char * n
 
 }  // namespace
 
+// The operations HeadRunner (llama.cpp's eagle3 graph) and HeadGraph (this runtime's graph, eagle3x
+// heads) share, bound alike: proposer.py drives either through them.
+template <typename Head>
+void bind_head_operations(py::class_<Head> & cls) {
+    cls
+        .def_property_readonly("n_embd", &Head::n_embd)
+        .def_property_readonly("n_embd_enc", &Head::n_embd_enc)
+        .def_property_readonly("n_ctx", &Head::n_ctx)
+        .def_property_readonly("target_layers", &Head::target_layers)
+        .def("encode", [](Head & h, f32_array features) {
+            const int64_t n = features.ndim() == 2 ? features.shape(0) : -1;
+            check_rows(features, n, h.n_embd_enc(), "features");
+            std::vector<float> g;
+            {
+                py::gil_scoped_release release;
+                h.encode(features.data(), n, g);
+            }
+            return to_array(std::move(g), n, h.n_embd());
+        })
+        .def("extend", [](Head & h, i32_array tokens, f32_array g, int32_t pos0) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            py::gil_scoped_release release;
+            h.extend(tokens.data(), g.data(), tokens.size(), pos0);
+        })
+        .def("draft", [](Head & h, i32_array tokens, f32_array g, int32_t pos0, int32_t n_max, float p_min) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            std::vector<int32_t> r;
+            {
+                py::gil_scoped_release release;
+                r = h.draft(tokens.data(), g.data(), tokens.size(), pos0, n_max, p_min);
+            }
+            return r;
+        })
+        .def("draft_tree", [](Head & h, i32_array tokens, f32_array g, int32_t pos0, int32_t depth, int32_t width,
+                              int32_t n_nodes) {
+            check_rows(g, tokens.size(), h.n_embd(), "g");
+            DraftTree t;
+            {
+                py::gil_scoped_release release;
+                t = h.draft_tree(tokens.data(), g.data(), tokens.size(), pos0, depth, width, n_nodes);
+            }
+            return py::make_tuple(t.tokens, t.parents, t.depth, t.scores);
+        },
+             "(tokens, parents, depth, scores) of the draft tree; see head_runner.h")
+        .def("forward", [](Head & h, i32_array tokens, f32_array g, int32_t pos0) {
+            const int64_t n = tokens.size();
+            check_rows(g, n, h.n_embd(), "g");
+            std::vector<float> logits, prenorm;
+            {
+                py::gil_scoped_release release;
+                h.forward(tokens.data(), g.data(), n, pos0, logits, prenorm);
+            }
+            const int64_t nd = n == 0 ? 0 : (int64_t) (logits.size() / n);
+            return py::make_tuple(to_array(std::move(logits), n, nd), to_array(std::move(prenorm), n, h.n_embd()));
+        })
+        .def("truncate", &Head::truncate);
+}
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "llama-eagle3 native core: hidden-state capture and the EAGLE-3 head runner";
 
@@ -67,7 +125,8 @@ PYBIND11_MODULE(_core, m) {
         return to_array(std::move(out), n_rows, (int64_t) ids.size() * n_embd);
     });
 
-    py::class_<HeadRunner>(m, "HeadRunner")
+    py::class_<HeadRunner> runner(m, "HeadRunner");
+    runner
         .def(py::init([](const std::string & path, uintptr_t target_ctx, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                          int32_t n_threads_batch, int32_t n_gpu_layers, std::vector<int32_t> d2t,
                          int32_t tree_width_max, int32_t tree_cells_max) {
@@ -86,61 +145,12 @@ PYBIND11_MODULE(_core, m) {
              }),
              py::arg("path"), py::arg("target_ctx"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_threads"),
              py::arg("n_threads_batch"), py::arg("n_gpu_layers"), py::arg("d2t"),
-             py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0)
-        .def_property_readonly("n_embd", &HeadRunner::n_embd)
-        .def_property_readonly("n_embd_enc", &HeadRunner::n_embd_enc)
-        .def_property_readonly("n_ctx", &HeadRunner::n_ctx)
-        .def_property_readonly("target_layers", &HeadRunner::target_layers)
-        .def("encode", [](HeadRunner & h, f32_array features) {
-            const int64_t n = features.ndim() == 2 ? features.shape(0) : -1;
-            check_rows(features, n, h.n_embd_enc(), "features");
-            std::vector<float> g;
-            {
-                py::gil_scoped_release release;
-                h.encode(features.data(), n, g);
-            }
-            return to_array(std::move(g), n, h.n_embd());
-        })
-        .def("extend", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0) {
-            check_rows(g, tokens.size(), h.n_embd(), "g");
-            py::gil_scoped_release release;
-            h.extend(tokens.data(), g.data(), tokens.size(), pos0);
-        })
-        .def("draft", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0, int32_t n_max, float p_min) {
-            check_rows(g, tokens.size(), h.n_embd(), "g");
-            std::vector<int32_t> r;
-            {
-                py::gil_scoped_release release;
-                r = h.draft(tokens.data(), g.data(), tokens.size(), pos0, n_max, p_min);
-            }
-            return r;
-        })
-        .def("draft_tree", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0, int32_t depth, int32_t width,
-                              int32_t n_nodes) {
-            check_rows(g, tokens.size(), h.n_embd(), "g");
-            DraftTree t;
-            {
-                py::gil_scoped_release release;
-                t = h.draft_tree(tokens.data(), g.data(), tokens.size(), pos0, depth, width, n_nodes);
-            }
-            return py::make_tuple(t.tokens, t.parents, t.depth, t.scores);
-        },
-             "(tokens, parents, depth, scores) of the draft tree; see head_runner.h")
-        .def("forward", [](HeadRunner & h, i32_array tokens, f32_array g, int32_t pos0) {
-            const int64_t n = tokens.size();
-            check_rows(g, n, h.n_embd(), "g");
-            std::vector<float> logits, prenorm;
-            {
-                py::gil_scoped_release release;
-                h.forward(tokens.data(), g.data(), n, pos0, logits, prenorm);
-            }
-            const int64_t nd = n == 0 ? 0 : (int64_t) (logits.size() / n);
-            return py::make_tuple(to_array(std::move(logits), n, nd), to_array(std::move(prenorm), n, h.n_embd()));
-        })
-        .def("truncate", &HeadRunner::truncate);
+             py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0);
+    bind_head_operations(runner);
 
     // the same chain operations for eagle3x heads in this runtime's own graph (head_graph.h)
-    py::class_<HeadGraph>(m, "HeadGraph")
+    py::class_<HeadGraph> graph(m, "HeadGraph");
+    graph
         .def(py::init([](const std::string & head_path, const std::string & target_path, int32_t n_target_embd,
                          int32_t n_ctx, int32_t n_batch, int32_t n_threads, std::vector<int32_t> d2t,
                          int32_t tree_width_max, int32_t tree_cells_max) {
@@ -157,55 +167,6 @@ PYBIND11_MODULE(_core, m) {
                  return new HeadGraph(p, std::move(d2t));
              }),
              py::arg("head_path"), py::arg("target_path"), py::arg("n_target_embd"), py::arg("n_ctx"), py::arg("n_batch"),
-             py::arg("n_threads"), py::arg("d2t"), py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0)
-        .def_property_readonly("n_embd", &HeadGraph::n_embd)
-        .def_property_readonly("n_embd_enc", &HeadGraph::n_embd_enc)
-        .def_property_readonly("n_ctx", &HeadGraph::n_ctx)
-        .def_property_readonly("target_layers", &HeadGraph::target_layers)
-        .def("encode", [](HeadGraph & h, f32_array features) {
-            const int64_t n = features.ndim() == 2 ? features.shape(0) : -1;
-            check_rows(features, n, h.n_embd_enc(), "features");
-            std::vector<float> g;
-            {
-                py::gil_scoped_release release;
-                h.encode(features.data(), n, g);
-            }
-            return to_array(std::move(g), n, h.n_embd());
-        })
-        .def("extend", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0) {
-            check_rows(g, tokens.size(), h.n_embd(), "g");
-            py::gil_scoped_release release;
-            h.extend(tokens.data(), g.data(), tokens.size(), pos0);
-        })
-        .def("draft", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0, int32_t n_max, float p_min) {
-            check_rows(g, tokens.size(), h.n_embd(), "g");
-            std::vector<int32_t> r;
-            {
-                py::gil_scoped_release release;
-                r = h.draft(tokens.data(), g.data(), tokens.size(), pos0, n_max, p_min);
-            }
-            return r;
-        })
-        .def("draft_tree", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0, int32_t depth, int32_t width,
-                              int32_t n_nodes) {
-            check_rows(g, tokens.size(), h.n_embd(), "g");
-            DraftTree t;
-            {
-                py::gil_scoped_release release;
-                t = h.draft_tree(tokens.data(), g.data(), tokens.size(), pos0, depth, width, n_nodes);
-            }
-            return py::make_tuple(t.tokens, t.parents, t.depth, t.scores);
-        })
-        .def("forward", [](HeadGraph & h, i32_array tokens, f32_array g, int32_t pos0) {
-            const int64_t n = tokens.size();
-            check_rows(g, n, h.n_embd(), "g");
-            std::vector<float> logits, state;
-            {
-                py::gil_scoped_release release;
-                h.forward(tokens.data(), g.data(), n, pos0, logits, state);
-            }
-            const int64_t nd = n == 0 ? 0 : (int64_t) (logits.size() / n);
-            return py::make_tuple(to_array(std::move(logits), n, nd), to_array(std::move(state), n, h.n_embd()));
-        })
-        .def("truncate", &HeadGraph::truncate);
+             py::arg("n_threads"), py::arg("d2t"), py::arg("tree_width_max") = 1, py::arg("tree_cells_max") = 0);
+    bind_head_operations(graph);
 }
