@@ -96,6 +96,6 @@ def test_gpu_shipped_head_matches_plain(mode, smollm2):
 
 
 def _chat_prompt(llm: llama_cpp.Llama, content: str) -> str:
-    from llama_eagle3.bench import _rendered_prompt
+    from llama_eagle3.prompts import rendered_prompt
 
-    return _rendered_prompt(llm, [{"role": "user", "content": content}])
+    return rendered_prompt(llm, [{"role": "user", "content": content}])

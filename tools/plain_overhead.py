@@ -24,7 +24,7 @@ import llama_cpp
 
 from llama_eagle3 import Llama
 from llama_eagle3.bench_simulated import Timing, prompt_tokens, timed_generation
-from llama_eagle3.train.prompts import load_prompts
+from llama_eagle3.prompts import load_prompts
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ ARCH = "dflash"
 MASK_KEY = "tokenizer.ggml.mask_token_id"
 
 
-def _layer_name(i: int, field_name: str) -> str:
+def layer_tensor_name(i: int, field_name: str) -> str:
     return f"blk.{i}.{LAYER_TENSORS[field_name][0]}.weight"
 
 
@@ -45,7 +45,7 @@ def _plan(head: DFlashHead) -> TensorPlan:
 
     out = [entry(f, TOP_TENSORS[f][0], getattr(head, f)) for f in TOP_TENSORS if getattr(head, f) is not None]
     for i, layer in enumerate(head.layers):
-        out += [entry(f, _layer_name(i, f), getattr(layer, f)) for f in LAYER_TENSORS]
+        out += [entry(f, layer_tensor_name(i, f), getattr(layer, f)) for f in LAYER_TENSORS]
     factors = rope_factors(head.config)  # type: ignore[arg-type]  (duck-typed: head_dim, rope_theta, rope_scaling)
     if factors is not None:
         out.append(("rope_freqs", "rope_freqs.weight", factors.shape,
@@ -118,7 +118,7 @@ class _LayerView:
     def __getattr__(self, field_name: str) -> np.ndarray:
         if field_name not in LAYER_TENSORS:
             raise AttributeError(field_name)
-        return self._w.read(_layer_name(self._i, field_name))
+        return self._w.read(layer_tensor_name(self._i, field_name))
 
 
 class DFlashGgufWeights:
@@ -132,8 +132,8 @@ class DFlashGgufWeights:
         d2t = self._tensors.get("d2t")
         self.config = read_dflash_config(header.meta, self.path, d2t.ne[0] if d2t is not None else 0)
         missing = [n for f, (n, _) in TOP_TENSORS.items() if f not in OPTIONAL_TOP and n not in self._tensors]
-        missing += [_layer_name(i, f) for i in range(self.config.num_layers) for f in LAYER_TENSORS
-                    if _layer_name(i, f) not in self._tensors]
+        missing += [layer_tensor_name(i, f) for i in range(self.config.num_layers) for f in LAYER_TENSORS
+                    if layer_tensor_name(i, f) not in self._tensors]
         if missing:
             raise ConversionError(f"{self.path}: DFlash GGUF is missing tensor(s) {', '.join(missing)}")
         if "rope_freqs.weight" in self._tensors:

@@ -22,7 +22,7 @@ from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
 from .fidelity import DecodeLog, Diagnosis
 from .llama import Llama
-from .train.prompts import load_prompts
+from .prompts import load_prompts, rendered_prompt
 
 # control: plain llama-cpp-python again, a second instance: its ratios to plain are the machine's
 # own noise (how far a method that costs nothing would fall on its worst prompt by chance)
@@ -47,7 +47,7 @@ def _run(llm: llama_cpp.Llama, messages: list[dict], max_tokens: int, temperatur
     return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], dt, llm._input_ids.tolist()
 
 
-def _device() -> dict:
+def device_info() -> dict:
     """What the numbers were measured on: llama.cpp's backend features and the host's CPUs."""
     cpu = ""
     try:
@@ -96,7 +96,7 @@ class Upstream:
     def run(self, messages: list[dict], max_tokens: int, temperature: float = 0.0,
             seed: int = 0) -> tuple[str, int, float, dict]:
         """(text, tokens, encode + decode seconds, {n_drafted, n_accept, decode_seconds})."""
-        prompt = _rendered_prompt(self.template, messages)
+        prompt = rendered_prompt(self.template, messages)
         r = subprocess.run(self.cmd + ["-n", str(max_tokens), "--temp", str(temperature), "--seed", str(seed),
                                        "-p", prompt], capture_output=True, text=True)
         log = r.stdout + r.stderr
@@ -119,16 +119,6 @@ def _same_output(out: dict, plain: dict, max_tokens: int) -> bool:
     if out["tokens"] > max_tokens and plain["tokens"] == max_tokens:
         return out["text"].startswith(plain["text"])
     return out["text"] == plain["text"]
-
-
-def _rendered_prompt(llm: llama_cpp.Llama, messages: list[dict]) -> str:
-    """The chat prompt as text, as llama-cpp-python's chat handler for this model renders it."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llm.metadata["tokenizer.chat_template"]
-    eos = llm.detokenize([llm.token_eos()]).decode(errors="replace")
-    bos = llm.detokenize([llm.token_bos()]).decode(errors="replace")
-    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt
 
 
 def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draft_max: int = 4,
@@ -215,7 +205,7 @@ def bench(model: str, head: str, prompts_file: Path, max_tokens: int = 200, draf
                      "n_prompts": len(rows),
                      "max_tokens": max_tokens, "temperature": temperature, "draft_max": draft_max, "p_min": p_min,
                      "threads": threads, "n_gpu_layers": n_gpu_layers, "repeats": repeats,
-                     "device": _device(),
+                     "device": device_info(),
                      "tree_width": tree[0], "tree_nodes": tree[1], "methods": {}, "speculative": {}}
     for name in order:
         tok = sum(r[name]["tokens"] for r in rows)

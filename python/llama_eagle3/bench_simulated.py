@@ -35,13 +35,13 @@ from typing import Optional
 
 import llama_cpp
 
-from .bench import Upstream, _device, _rendered_prompt
+from .bench import Upstream, device_info
 from .costs import CostTable
 from .fallback import Fallback
 from .llama import Llama
 from .policy import DraftPolicy
 from .stats import SpeculativeStats
-from .train.prompts import load_prompts
+from .prompts import load_prompts, rendered_prompt
 from .verifier import SimulatedAcceptance
 
 UPSTREAM_PROMPTS = 2  # prompts upstream runs per n-max (one process each)
@@ -95,7 +95,7 @@ def prompt_tokens(llm: llama_cpp.Llama, messages: list[dict]) -> list[int]:
     template renders the special tokens, so none is added); a model without a chat template gets
     the messages' contents, one per line."""
     if "tokenizer.chat_template" in llm.metadata:
-        return llm.tokenize(_rendered_prompt(llm, messages).encode(), add_bos=False, special=True)
+        return llm.tokenize(rendered_prompt(llm, messages).encode(), add_bos=False, special=True)
     return llm.tokenize("\n".join(m["content"] for m in messages).encode(), add_bos=True, special=False)
 
 
@@ -191,7 +191,7 @@ def simulated_bench(model: str, head: str, prompts_file: Path, acceptance: list[
         timed_generation(llm, prompt_tokens(plain, [{"role": "user", "content": "Hi"}]), 8)
     summary: dict = {"model": model, "head": head, "dflash_head": dflash_head, "prompts": str(prompts_file),
                      "n_prompts": len(convs), "max_tokens": max_tokens, "draft_max": draft_max, "threads": threads,
-                     "n_gpu_layers": n_gpu_layers, "device": _device(), "methods": order,
+                     "n_gpu_layers": n_gpu_layers, "device": device_info(), "methods": order,
                      "calibration": {spec.auto: spec.calibrated.snapshot() for spec in specs}, "simulated": {}}
     prompts = [prompt_tokens(plain, messages) for messages in convs]
     for alphas in acceptance:
@@ -248,9 +248,7 @@ def _alpha_summary(alphas: list[float], order: list[str], timing: dict[str, Timi
             "autos_vs_best_fixed": {auto: rate[auto] / rate[m] for auto, m in bests.items()},
             "costs_ms": costs[specs[0].auto], "drafter_costs_ms": costs,
             "mean_accepted_length": {m: round(stats[m]["mean_accepted_length"], 3) for m in stats},
-            "auto": {k: stats[specs[0].auto][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")},
-            "autos": {spec.auto: {k: stats[spec.auto][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")}
-                      for spec in specs},
+            "auto": autos[specs[0].auto], "autos": autos,
             "auto_policy": {spec.auto: spec.policies[spec.auto].snapshot() for spec in specs}}
 
 

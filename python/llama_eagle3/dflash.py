@@ -40,8 +40,8 @@ import numpy as np
 from ._native import llama_cpp
 from .pending import PendingFeatures
 
-from eagle3_convert.dflash_gguf import ARCH, MASK_KEY, _layer_name, read_dflash_config
-from eagle3_convert.dflash_head import (LAYER_TENSORS, OPTIONAL_TOP, TOP_TENSORS, DFlashConfig,
+from eagle3_convert.dflash_gguf import ARCH, MASK_KEY, layer_tensor_name, read_dflash_config
+from eagle3_convert.dflash_head import (OPTIONAL_TOP, TOP_TENSORS, DFlashConfig,
                                         check_against_target, layer_shapes, top_shapes)
 from eagle3_convert.errors import ConversionError
 from eagle3_convert.gguf_header import read_gguf_header
@@ -72,7 +72,7 @@ def check_dflash_gguf(path: Path, target: TargetInfo, draft_max: int) -> DFlashC
     c = read_dflash_config(header.meta, header.path, d2t_t.ne[0] if d2t_t is not None else 0)
     check_against_target(c, target)  # width, vocabulary size, taps inside 1..n_layer-1
     expected = {TOP_TENSORS[f][0]: s for f, s in top_shapes(c).items()}
-    expected.update({_layer_name(i, f): s for i in range(c.num_layers) for f, s in layer_shapes(c).items()})
+    expected.update({layer_tensor_name(i, f): s for i in range(c.num_layers) for f, s in layer_shapes(c).items()})
     optional = {TOP_TENSORS[f][0] for f in OPTIONAL_TOP}
     for name, shape in expected.items():
         t = tensors.get(name)

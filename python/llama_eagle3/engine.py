@@ -138,7 +138,6 @@ class Engine:
                  start_sampler: Callable[[], None]) -> Generator[int, Optional[Sequence[int]], None]:
         """llama_cpp.Llama.generate's contract; start_sampler sets up llm._sampler for this
         generation (under the lock, with the generation's start)."""
-        llm = self.llm
         t0 = time.perf_counter()
         generation = object()
         with self.lock:
