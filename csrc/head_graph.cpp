@@ -368,26 +368,7 @@ DraftTree HeadGraph::draft_tree(const int32_t * tokens, const float * g, int64_t
         for (int32_t j = 0; j < rows; ++j) add_children(j, level[j], d);
     }
     m.n_filled = base;  // the tree's cells are dropped
-    // keep the n_nodes best; ties go to the earlier (shallower) candidate, so parents stay
-    std::vector<int32_t> order(all.tokens.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = (int32_t) i;
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
-    order.resize(std::min<size_t>(order.size(), (size_t) std::max(n_nodes, 0)));
-    std::sort(order.begin(), order.end());
-    std::vector<int32_t> new_index(all.tokens.size(), -1);
-    DraftTree out;
-    for (int32_t i : order) {
-        const int32_t parent = all.parents[i] < 0 ? -1 : new_index[all.parents[i]];
-        if (all.parents[i] >= 0 && parent < 0) {
-            continue;  // unreachable by the ordering argument; never hand out an orphan
-        }
-        new_index[i] = (int32_t) out.tokens.size();
-        out.tokens.push_back(all.tokens[i]);
-        out.parents.push_back(parent);
-        out.depth.push_back(all.depth[i]);
-        out.scores.push_back(all.scores[i]);
-    }
-    return out;
+    return keep_best_nodes(all, n_nodes);
 }
 
 void HeadGraph::extend(const int32_t * tokens, const float * g, int64_t n, int32_t pos0) {

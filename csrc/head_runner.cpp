@@ -270,28 +270,7 @@ DraftTree HeadRunner::draft_tree(const int32_t * tokens, const float * g, int64_
     for (llama_seq_id s = 1; s <= 2 * width && width > 1; ++s) {
         llama_memory_seq_rm(mem, s, -1, -1);
     }
-    // keep the n_nodes best; ties go to the earlier (shallower) candidate, so parents stay
-    std::vector<int32_t> order(all.tokens.size());
-    for (size_t i = 0; i < order.size(); ++i) {
-        order[i] = (int32_t) i;
-    }
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
-    order.resize(std::min<size_t>(order.size(), (size_t) std::max(n_nodes, 0)));
-    std::sort(order.begin(), order.end());
-    std::vector<int32_t> new_index(all.tokens.size(), -1);
-    DraftTree out;
-    for (int32_t i : order) {
-        const int32_t parent = all.parents[i] < 0 ? -1 : new_index[all.parents[i]];
-        if (all.parents[i] >= 0 && parent < 0) {
-            continue;  // unreachable by the ordering argument; never hand out an orphan
-        }
-        new_index[i] = (int32_t) out.tokens.size();
-        out.tokens.push_back(all.tokens[i]);
-        out.parents.push_back(parent);
-        out.depth.push_back(all.depth[i]);
-        out.scores.push_back(all.scores[i]);
-    }
-    return out;
+    return keep_best_nodes(all, n_nodes);
 }
 
 std::vector<int32_t> HeadRunner::draft(const int32_t * tokens, const float * g, int64_t n, int32_t pos0,
@@ -343,4 +322,28 @@ void HeadRunner::forward(const int32_t * tokens, const float * g, int64_t n, int
         }
         std::memcpy(prenorm.data() + (size_t) r * n_embd_, h, (size_t) n_embd_ * sizeof(float));
     }
+}
+
+DraftTree keep_best_nodes(const DraftTree & all, int32_t n_nodes) {
+    std::vector<int32_t> order(all.tokens.size());
+    for (size_t i = 0; i < order.size(); ++i) {
+        order[i] = (int32_t) i;
+    }
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return all.scores[a] > all.scores[b]; });
+    order.resize(std::min<size_t>(order.size(), (size_t) std::max(n_nodes, 0)));
+    std::sort(order.begin(), order.end());
+    std::vector<int32_t> new_index(all.tokens.size(), -1);
+    DraftTree out;
+    for (int32_t i : order) {
+        const int32_t parent = all.parents[i] < 0 ? -1 : new_index[all.parents[i]];
+        if (all.parents[i] >= 0 && parent < 0) {
+            continue;  // unreachable by the ordering argument; never hand out an orphan
+        }
+        new_index[i] = (int32_t) out.tokens.size();
+        out.tokens.push_back(all.tokens[i]);
+        out.parents.push_back(parent);
+        out.depth.push_back(all.depth[i]);
+        out.scores.push_back(all.scores[i]);
+    }
+    return out;
 }

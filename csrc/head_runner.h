@@ -65,6 +65,10 @@ struct DraftTree {
     std::vector<float> scores;
 };
 
+// The n_nodes best candidates of `all` (every candidate in creation = depth order), renumbered in
+// that order; ties go to the earlier (shallower) candidate, so every kept node's parent is kept.
+DraftTree keep_best_nodes(const DraftTree & all, int32_t n_nodes);
+
 class HeadRunner {
 public:
     // draft_to_target: absolute target id of every draft id (empty: the draft vocabulary

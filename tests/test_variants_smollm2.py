@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_quirks import Quirk, Shape, bias_tensors, fc_norm_tensors, qk_norm_tensors, write_head, head_config, head_tensors
+from test_quirks import Quirk, Shape, bias_tensors, build, fc_norm_tensors, qk_norm_tensors
 from test_variants import check_graph_matches_reference, speculators_quirk
 
 pytestmark = pytest.mark.slow  # about 10 s per variant
@@ -40,14 +40,7 @@ VARIANTS: dict[str, Quirk] = {
 def convert_variant(q: Quirk, d: Path, target: Path) -> Path:
     from eagle3_convert.cli import convert
 
-    tensors = head_tensors(q.shape, SMOL_VOCAB)
-    if q.tensors:
-        q.tensors(tensors)
-    config = head_config(q.layout, q.shape, SMOL_VOCAB)
-    if q.config:
-        q.config(config)
-    write_head(d / "hf", tensors, config, q.layout, q.files)
-    convert(d / "hf", str(target), d / "head.gguf", "f32", log=lambda *a: None)
+    convert(build(q, d / "hf", SMOL_VOCAB), str(target), d / "head.gguf", "f32", log=lambda *a: None)
     return d / "head.gguf"
 
 

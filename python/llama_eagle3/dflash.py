@@ -31,7 +31,6 @@ verified, so none of this changes output, only speed.
 from __future__ import annotations
 
 import ctypes
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -103,6 +102,7 @@ class DFlashDrafter(PendingFeatures):
     """The Eagle3Proposer interface (engine.py calls it the same way) over a DFlash head."""
 
     name = "dflash"  # a round's source in speculative_stats()["drafters"]
+    per_proposal = True  # one block decode per proposal, whatever its length: priced per proposal
 
     def __init__(self, path: Path, config: DFlashConfig, target_ctx: object, n_embd_target: int, n_ctx: int,
                  n_batch: int, n_threads: int, n_threads_batch: int, n_gpu_layers: int, catch_up_rows: int):
@@ -230,18 +230,6 @@ class DFlashDrafter(PendingFeatures):
 
     def propose_tree(self, input_ids: np.ndarray, next_token: int, depth: int, width: int, n_nodes: int):
         raise NotImplementedError("a DFlash head drafts chains (blocks) only: use eagle3_tree_width=1")
-
-    def time_step(self, n_steps: int) -> float:
-        """Seconds of ONE proposal of n_steps drafts (a block after one zero context row), timed as
-        the engine times a round's draft: the policy prices DFlash per proposal (costs.py). Leaves
-        the head empty."""
-        self.reset()
-        self.observe(np.zeros((1, self.row_width), dtype=np.float32), np.zeros(1, dtype=np.int32))
-        t0 = time.perf_counter()
-        self.propose(np.zeros(1, dtype=np.int32), 0, n_steps, 0.0)
-        seconds = time.perf_counter() - t0
-        self.reset()
-        return seconds
 
     def close(self) -> None:
         """Frees the head's batch, context and model (before the target's context: ctx_other)."""

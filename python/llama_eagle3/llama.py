@@ -190,7 +190,7 @@ class Llama(llama_cpp.Llama):
             drafter = DFlashDrafter(path, dflash_config, self._ctx.ctx, target.n_embd, self._n_ctx, self.n_batch,
                                     self.context_params.n_threads, self.context_params.n_threads_batch,
                                     int(self.model_params.n_gpu_layers), catch_up_rows=self.n_batch)
-            self._policy.costs.per_proposal = True  # one block decode per proposal, whatever its length
+            self._policy.costs.per_proposal = drafter.per_proposal
         elif head.variant:  # norm_output, fc_norm, 4-5 taps, q/k norms, biases: llama.cpp's graph cannot
             runner = core.HeadGraph(str(path), self.model_path, target.n_embd, self._n_ctx, self.n_batch,
                                     self.context_params.n_threads, [] if head.d2t is None else [int(x) for x in head.d2t],

@@ -28,7 +28,6 @@ import contextlib
 import ctypes
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -166,7 +165,7 @@ class MtpDrafter(PendingFeatures):
 
     def __init__(self, model: object, target_ctx: object, n_embd: int, n_ctx: int, n_batch: int,
                  n_threads: int, n_threads_batch: int, catch_up_rows: int):
-        self.n_embd = n_embd
+        self.row_width = n_embd
         self.catch_up_rows = catch_up_rows  # pending rows that trigger an eager decode (long prompts)
         self._ctx = self._batch = None
         cp = llama_cpp.llama_context_default_params()
@@ -256,7 +255,7 @@ class MtpDrafter(PendingFeatures):
 
     def _state(self) -> np.ndarray:
         h = ext.llama_get_embeddings_nextn_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(h, shape=(1, self.n_embd)).copy()
+        return np.ctypeslib.as_array(h, shape=(1, self.row_width)).copy()
 
     # ---- drafting ---------------------------------------------------------------------
 
@@ -290,17 +289,6 @@ class MtpDrafter(PendingFeatures):
 
     def propose_tree(self, input_ids: np.ndarray, next_token: int, depth: int, width: int, n_nodes: int):
         raise NotImplementedError("the MTP drafter drafts chains only: use eagle3_tree_width=1")
-
-    def time_step(self, n_steps: int) -> float:
-        """Seconds per step of a throwaway chain of n_steps drafts from one zero state, timed as the
-        engine times a round's draft (start-up calibration); leaves the MTP context empty."""
-        self.reset()
-        self.observe(np.zeros((1, self.n_embd), dtype=np.float32), np.zeros(1, dtype=np.int32))
-        t0 = time.perf_counter()
-        drafted = self.propose(np.zeros(1, dtype=np.int32), 0, n_steps, 0.0)
-        seconds = (time.perf_counter() - t0) / max(len(drafted), 1)
-        self.reset()
-        return seconds
 
     def close(self) -> None:
         """Frees the MTP batch and context (before the target's context and model)."""

@@ -11,12 +11,16 @@ A subclass says how its head's KV is emptied (_clear_kv) and how rows are consum
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
 class PendingFeatures:
     head_start: int
     head_n: int
+    row_width: int              # floats per feature row
+    per_proposal: bool = False  # time_step() times a whole proposal (costs.per_proposal), not a step
 
     def _clear_kv(self) -> None:
         raise NotImplementedError
@@ -65,3 +69,15 @@ class PendingFeatures:
             self._clear_kv()
         self.head_start = self.head_n = pos
         self._pending, self._n_pending = [], 0
+
+    def time_step(self, n_steps: int) -> float:
+        """Seconds per drafting step (per_proposal: of ONE proposal of n_steps drafts) of a throwaway
+        proposal after one zero feature row, timed as the engine times a round's draft (start-up
+        calibration); leaves the drafter empty."""
+        self.reset()
+        self.observe(np.zeros((1, self.row_width), dtype=np.float32), np.zeros(1, dtype=np.int32))
+        t0 = time.perf_counter()
+        drafted = self.propose(np.zeros(1, dtype=np.int32), 0, n_steps, 0.0)
+        seconds = time.perf_counter() - t0
+        self.reset()
+        return seconds if self.per_proposal else seconds / max(len(drafted), 1)

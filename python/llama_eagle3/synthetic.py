@@ -257,6 +257,16 @@ def default_cache() -> Path:
     return Path.home() / ".cache" / "llama-eagle3" / "synthetic"
 
 
+def write_once(done: Path, write: Callable[[], object], record: dict) -> None:
+    """Runs write() unless the marker `done` exists, then writes it (record as JSON): files in the
+    cache are complete only once their marker exists, so an interrupted write is redone."""
+    if done.is_file():
+        return
+    done.parent.mkdir(parents=True, exist_ok=True)
+    write()
+    done.write_text(json.dumps(record))
+
+
 def ensure(name: str, quant: str = "Q4_K_M", cache: Optional[Path] = None,
            log: Callable[[str], None] = print) -> SyntheticFiles:
     """The target, EAGLE-3 head and (where published at this shape) DFlash head GGUFs for the shape
@@ -270,17 +280,18 @@ def ensure(name: str, quant: str = "Q4_K_M", cache: Optional[Path] = None,
     shape = SHAPES[name]
     folder = (cache or default_cache()) / f"{name}-{quant}-v{SYNTHETIC_VERSION}"
     target, head, done = folder / "target.gguf", folder / "head.gguf", folder / "done.json"
-    if not done.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+
+    def target_and_head() -> None:
         log(f"writing the synthetic {name} target ({quant}) and head into {folder} (once)")
         write_target(target, shape, quant, log=log)
         write_head(head, target, shape, log=log)
-        done.write_text(json.dumps({"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_VERSION}))
+    write_once(done, target_and_head, {"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_VERSION})
     if name not in _dflash_shapes():
         return SyntheticFiles(target, head, None)
-    dflash, dflash_done = folder / "dflash.gguf", folder / "dflash.done"
-    if not dflash_done.is_file():
+    dflash = folder / "dflash.gguf"
+
+    def dflash_head() -> None:
         log(f"writing the synthetic {name} DFlash head into {folder} (once)")
         write_dflash_head(dflash, target, name, log=log)
-        dflash_done.write_text(json.dumps(asdict(_dflash_shapes()[name])))
+    write_once(folder / "dflash.done", dflash_head, asdict(_dflash_shapes()[name]))
     return SyntheticFiles(target, head, dflash)

@@ -19,14 +19,13 @@ Two writers:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .synthetic import N_SPECIALS, default_cache, random_blocks, synthetic_tokenizer
+from .synthetic import N_SPECIALS, default_cache, random_blocks, synthetic_tokenizer, write_once
 
 ARCH = "glm4moe"
 
@@ -223,10 +222,9 @@ def ensure_mtp(name: str, quant: str = "Q4_0", cache: Optional[Path] = None,
     shape = MTP_SHAPES[name]
     folder = (cache or default_cache()) / f"{name}-{quant}-v{SYNTHETIC_MTP_VERSION}"
     target, done = folder / "target.gguf", folder / "done.json"
-    if done.is_file():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    log(f"writing the synthetic {name} target ({quant}, with its NextN layer) into {folder} (once)")
-    write_mtp_target(target, shape, quant, log=log)
-    done.write_text(json.dumps({"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_MTP_VERSION}))
+
+    def write() -> None:
+        log(f"writing the synthetic {name} target ({quant}, with its NextN layer) into {folder} (once)")
+        write_mtp_target(target, shape, quant, log=log)
+    write_once(done, write, {"shape": asdict(shape), "quant": quant, "version": SYNTHETIC_MTP_VERSION})
     return target
