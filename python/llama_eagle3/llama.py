@@ -178,9 +178,7 @@ class Llama(llama_cpp.Llama):
         except ConversionError as e:
             raise ValueError(f"{'DFlash' if dflash else 'EAGLE-3'} head {path} cannot be used with "
                              f"{self.model_path}: {e}") from None
-        if self._is_recurrent or self._is_hybrid:
-            warnings.warn(f"{target.arch} is a recurrent/hybrid model: its state cannot be rolled back per token, "
-                          f"so speculation is off and generation is plain", stacklevel=3)
+        if self._cannot_roll_back():
             return
         capture = FeatureCapture(target.arch, layer_ids, target.n_embd, target.n_layer, capture_mode)
         capture.attach_to(self, n_seq_max=self.eagle3_tree_nodes if self.eagle3_tree_width > 1 else 1)
@@ -213,15 +211,26 @@ class Llama(llama_cpp.Llama):
             engine.tree_batch = internals.LlamaBatch(n_tokens=self.eagle3_tree_nodes + 1, embd=0,
                                                      n_seq_max=self.eagle3_tree_nodes, verbose=False)
             self._stack.callback(engine.tree_batch.close)
+        self._start(engine)
+
+    def _cannot_roll_back(self) -> bool:
+        """A recurrent/hybrid target's state cannot be rolled back per token: True, with a warning
+        that generation is plain (no drafter is attached)."""
+        if not (self._is_recurrent or self._is_hybrid):
+            return False
+        warnings.warn(f"{self.metadata.get('general.architecture')} is a recurrent/hybrid model: its state cannot "
+                      f"be rolled back per token, so speculation is off and generation is plain", stacklevel=4)
+        return True
+
+    def _start(self, engine: Engine) -> None:
+        """The engine runs from now on; the adaptive policy first measures its costs (calibration.py)."""
         self._engine = engine
         if self._policy.adaptive and self.eagle3_draft_max > 0:
             calibrate(engine)
 
     def _attach_mtp(self) -> None:
         """eagle3_head="mtp": the target's own NextN layer drafts (mtp.py); chains only."""
-        if self._is_recurrent or self._is_hybrid:
-            warnings.warn(f"{self.metadata.get('general.architecture')} is a recurrent/hybrid model: its state cannot "
-                          f"be rolled back per token, so speculation is off and generation is plain", stacklevel=3)
+        if self._cannot_roll_back():
             return
         capture = NextnCapture(int(llama_cpp.llama_model_n_embd_out(self._model.model)))  # h rows' width
         capture.bind(self._ctx.ctx)
@@ -229,10 +238,8 @@ class Llama(llama_cpp.Llama):
                              self.context_params.n_threads, self.context_params.n_threads_batch,
                              catch_up_rows=self.n_batch)
         self._stack.callback(drafter.close)  # LIFO: the MTP context goes before the target's
-        self._engine = Engine(self, drafter, capture, self._policy, self.eagle3_draft_max, self.eagle3_p_min, 1, 0,
-                              ngram_max=self.eagle3_draft_max if self.eagle3_ngram else 0)
-        if self._policy.adaptive and self.eagle3_draft_max > 0:
-            calibrate(self._engine)
+        self._start(Engine(self, drafter, capture, self._policy, self.eagle3_draft_max, self.eagle3_p_min, 1, 0,
+                           ngram_max=self.eagle3_draft_max if self.eagle3_ngram else 0))
 
     def close(self) -> None:
         if "_stack" in self.__dict__:  # __init__ may have raised before llama_cpp.Llama set it up
@@ -244,9 +251,7 @@ class Llama(llama_cpp.Llama):
         """eagle3_head="ngram": n-gram copies of the context, no head (nohead.py)."""
         if self.eagle3_draft_max == 0:
             raise ValueError('eagle3_head="ngram" drafts up to eagle3_draft_max tokens: use eagle3_draft_max >= 1')
-        if self._is_recurrent or self._is_hybrid:
-            warnings.warn(f"{self.metadata.get('general.architecture')} is a recurrent/hybrid model: its state cannot "
-                          f"be rolled back per token, so speculation is off and generation is plain", stacklevel=3)
+        if self._cannot_roll_back():
             return
         self._policy = DraftPolicy(0, adaptive=self._policy.adaptive, graph_rebuilds=self._policy.graph_rebuilds)
         self._engine = Engine(self, NoHeadDrafter(), NoCapture(), self._policy, 0, self.eagle3_p_min, 1, 0,
