@@ -332,13 +332,58 @@ def test_a_chain_landing_on_a_cheap_row_count_is_chosen():
     shape, 2026-11-30): T(4) < T(2). At acceptance 0.9 a chain of 3 (4 rows) is the best fixed
     shape; read off the whole measured table (not a line through T(1) and T(5)) auto picks it,
     and at 0.5 too, where every other chain loses to plain decoding."""
-    rows_of_4 = {1: 315e-3, 2: 505e-3, 3: 640e-3, 4: 465e-3, 5: 658e-3}
     for alpha in (0.9, 0.5):
         p = DraftPolicy(4)
-        measured(p, rows_of_4, 26.5e-3, [alpha] * 4)
+        measured(p, ROWS_OF_4, 26.5e-3, [alpha] * 4)
         rates = {k: p.expected_rate(k) for k in range(5)}
         assert max(rates, key=rates.get) == 3 and p.choose() == 3, rates
     assert p.expected_rate(2) < p.expected_rate(0) < p.expected_rate(3)  # at 0.5: only the cheap count pays
+
+
+ROWS_OF_4 = {1: 315e-3, 2: 505e-3, 3: 640e-3, 4: 465e-3, 5: 658e-3}  # the llama-8b shape on a CPU (2026-11-30)
+
+
+def test_a_tree_landing_on_a_cheap_row_count_is_chosen():
+    """The same table with a tree of 7 nodes, whose 8 rows land on llama.cpp's cheap block (T(8)
+    measured below T(5)): once its tree rounds measured a gain over the chain of 4, auto drafts
+    it; the same tree on 9 rows (one past the block, as dear as T(5) + 4 rows) it does not."""
+    for rows, t_tree, wanted in ((8, 600e-3, True), (9, 900e-3, False)):
+        p = DraftPolicy(4, tree_width=2, tree_nodes=rows - 1)
+        measured(p, {**ROWS_OF_4, rows: t_tree}, 26.5e-3, [0.8] * 4)
+        for _ in range(p.tree.warmup_rounds):
+            p.observe_tree(round(1.35 * p.expected_tokens(4)), 8 * 26.5e-3)  # 35% more than the chain of 4
+        best_chain = max(p.expected_rate(k) for k in range(5))
+        assert (p.tree.rate(p) > best_chain) is wanted and p.choose_tree() is wanted, (rows, p.tree.rate(p), best_chain)
+
+
+def test_a_shape_change_is_priced_apart():
+    """The first decode of a row count after another one (llama.cpp rebuilds its graph) is not a
+    T(n) sample once that row count has two: what it took over T(n) is the rebuild's price."""
+    p = DraftPolicy(4)
+    for n in (1, 1, 3, 3):
+        p.observe_decode(n, 1e-3 * n)
+    assert p.costs.rebuild == 0.0
+    p.observe_decode(1, 2.5e-3)            # after the 3-row decodes: 1.5 ms over T(1)
+    p.observe_decode(3, 3.5e-3)            # and back: 0.5 ms over T(3)
+    assert p.costs.n(1) == p.costs.n(3) == 2 and abs(p.costs.rebuild - 1.0e-3) < 1e-12
+
+
+def test_re_measurements_of_far_neighbours_are_short_and_spaced_by_their_cost():
+    """On the rows-of-4 table at acceptance 0.9, chain-3 (4 rows) beats its neighbours by 15-40%.
+    Their re-measurements confirm that with two kept samples each (3 rounds, not 8), and after the
+    first they are spaced so that re-measuring (and T(1)'s refreshes) costs ~1% of the time: over
+    1000 rounds at most 4% of rounds are not chain-3 (fixed 8-round re-measurements every 64
+    rounds: 15% of the first 200)."""
+    p = DraftPolicy(4)
+    measured(p, ROWS_OF_4, 26.5e-3, [0.9] * 4)
+    chosen = _run_rounds(p, ROWS_OF_4, 26.5e-3, 0.9, 1000)
+    assert p.explorer.rounds_for(p, 3, 2) == p.explorer.rounds_for(p, 3, 4) == 3
+    assert sum(k != 3 for k in chosen) <= 40 and sum(k != 3 for k in chosen[500:]) <= 10, chosen
+    assert p._t1_gap > 4 * p.t1_refresh_every and min(p.explorer._gap.values()) > 4 * p.explorer.explore_every
+    # a neighbour within a few percent takes all explore_rounds rounds to resolve
+    close = DraftPolicy(4)
+    measured(close, TRUE, 1.4e-3, [0.95] * 4)
+    assert close.explorer.rounds_for(close, 4, 3) == close.explorer.explore_rounds
 
 
 def test_chain_lengths_within_the_switch_margin_do_not_flip():

@@ -11,6 +11,11 @@ All in seconds as measured in this process, on this machine and backend:
     u      what the consumer of the token stream takes per token between two resumes of the
            generator (detokenizing, stop strings, streaming chunks): paid per committed token
            whatever the method, so it dilutes speculation's gain (weighted mean)
+    r      a shape change: what the first decode of a row count after another one costs over
+           that row count's T(n) (llama.cpp rebuilds its compute graph for the new shape; on this
+           project's CPU, SmolLM2: T(2) 23.0 ms after a change against 17.7 steady), the median of
+           the last 16 such decodes. Not part of C(k): it prices switching, which re-measurements
+           (explore.py) pay twice
 
 Medians, not means: one round stalled by something else (a page fault, another process) must not
 make a shape look dear, since a shape the policy stops drafting is not measured again soon (a
@@ -83,6 +88,7 @@ class CostTable:
         self._overhead: dict[int, RecentMedian] = {}
         self._proposal: dict[int, RecentMedian] = {}  # per_proposal: drafts asked -> seconds of a proposal
         self._consumer = Ema(0.95)
+        self._rebuild = RecentMedian()
 
     # ---- T(n) ---------------------------------------------------------------------------
 
@@ -167,6 +173,17 @@ class CostTable:
         nearest = min(self._overhead, key=lambda n: (abs(n - rows), -n))
         return self._overhead[nearest].value or 0.0
 
+    def add_rebuild(self, rows: int, seconds: float) -> None:
+        """The first decode of `rows` rows after a decode of another row count took `seconds`
+        (kept apart from T(rows): it is no steady-state sample)."""
+        if rows in self._t:
+            self._rebuild.add(max(seconds - self.median(rows), 0.0))
+
+    @property
+    def rebuild(self) -> float:
+        """r: what a shape change adds to the next decode (0 before one is measured)."""
+        return self._rebuild.value or 0.0
+
     def add_consumer(self, seconds: float) -> None:
         self._consumer.add(max(seconds, 0.0))
 
@@ -210,4 +227,4 @@ class CostTable:
                     "proposal_ms": {n: round(1e3 * (m.value or 0.0), 3) for n, m in sorted(self._proposal.items())}}
                    if self.per_proposal else {}),
                 "round_overhead_ms": {n: round(1e3 * (e.value or 0.0), 3) for n, e in sorted(self._overhead.items())},
-                "consumer_ms_per_token": round(1e3 * self.consumer, 3)}
+                "consumer_ms_per_token": round(1e3 * self.consumer, 3), "rebuild_ms": round(1e3 * self.rebuild, 3)}

@@ -14,15 +14,26 @@ llama.cpp's repacked CPU kernels take rows in blocks of 4), and only while at th
 plain decoding: where speculation is hopeless it is not paid for, and a run of probe hits after
 many misses gets verify rounds (which sample every position) within a few probes.
 
-The gap starts at explore_every rounds and doubles (up to explore_every_max) each time the
-neighbour, freshly measured, still loses to the chosen length, so where the choice is right
-exploring costs next to nothing.
+What a re-measurement costs is priced on the measured table (DraftPolicy.detour_loss: its rounds
+at the neighbour's rate instead of the chosen one's, and two shape changes), and kept small:
+- its length: a neighbour predicted within a few percent of the chosen length needs
+  explore_rounds rounds to resolve the difference through decode times that vary by 10-20% here;
+  one predicted far off (a chain whose rows miss llama.cpp's cheap block of 4 on a CPU: 15-40%
+  slower) needs two kept samples to be confirmed far off (rounds_for);
+- its spacing: the gap starts at explore_every rounds; each time the neighbour, freshly
+  measured, still loses to the chosen length, it doubles and is at least what spends `budget`
+  of the time on re-measurements (budget_gap), up to explore_every_max. Where the choice is
+  right, exploring then costs about `budget`. The first re-measurement keeps the fixed schedule:
+  a cost taken under load, or interpolated, can make a neighbour look far worse than it is.
+Measured (policy_sim, the llama-8b shape's rows-of-4 table, 400 tokens): fixed 8-round
+re-measurements every 64 rounds cost 5.4% of the time at acceptance 0.9.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from .policy import DraftPolicy
@@ -32,7 +43,9 @@ if TYPE_CHECKING:
 class Explorer:
     explore_every: int = 64      # rounds after which a neighbouring length's cost is re-measured ...
     explore_every_max: int = 1024  # ... the gap doubling up to this while re-measurements confirm it
-    explore_rounds: int = 8      # verify rounds per re-measurement (the first decode, after a shape change, is not kept)
+    explore_rounds: int = 8      # verify rounds per re-measurement at most (the first decode, after a shape change, is not kept)
+    budget: float = 0.01         # share of the time re-measurements (and T(1)'s refreshes, policy.py) aim to cost
+    noise: float = 0.15          # a decode time's relative spread on this project's VM (rounds_for)
     # (64 / 8 rather than 32 / 4: medians of ~3 fresh samples, on a VM whose decode times vary by 10-20%,
     # kept auto switching between chains of 2, 3 and 4 at acceptance 0.95 on SmolLM2; A/B against a fixed
     # chain-3, 2 x 10 prompts x 128 tokens each: 0.81-0.95 of its rate before, 0.94-1.04 after)
@@ -75,8 +88,32 @@ class Explorer:
         mine, theirs = policy.expected_rate(self.k), policy.expected_rate(self._from)
         held = mine is not None and theirs is not None and mine <= theirs
         gap = self._gap.get(rows, self.explore_every)
-        self._gap[rows] = min(2 * gap, self.explore_every_max) if held else self.explore_every
+        if held:
+            spaced = self.budget_gap(policy, self._from, policy.detour_loss(self._from, self.k, self.rounds_for(policy, self._from, self.k)))
+            self._gap[rows] = min(max(2 * gap, spaced), self.explore_every_max)
+        else:
+            self._gap[rows] = self.explore_every
         self.k, self._fresh = 0, []
+
+    def rounds_for(self, policy: "DraftPolicy", k: int, j: int) -> int:
+        """Verify rounds re-measuring chain length j next to the chosen k: the first (after the
+        shape change) is not kept, and enough kept samples to tell a rate deficit d = 1 - rate(j)
+        / rate(k) through decode times of relative spread `noise`: (noise / d)^2, at least 2."""
+        mine, theirs = policy.expected_rate(j), policy.expected_rate(k)
+        if k == 0:
+            return self.explore_rounds // 2  # from plain decoding: whether drafting pays at all
+        if not mine or not theirs or mine >= theirs:
+            return self.explore_rounds
+        kept = math.ceil((self.noise / (1.0 - mine / theirs)) ** 2)
+        return 1 + min(max(kept, 2), self.explore_rounds - 1)
+
+    def budget_gap(self, policy: "DraftPolicy", k: int, loss: Optional[float]) -> int:
+        """Rounds of chain length k (0: plain steps) over which a re-measurement that loses
+        `loss` seconds against k costs `budget` of the time (0 while a cost is unknown)."""
+        c = policy.costs.round_cost(k)
+        if loss is None or not c:
+            return 0
+        return math.ceil(loss / (self.budget * c))
 
     def start(self, policy: "DraftPolicy", k: int, clock: int) -> bool:
         """Whether a neighbour of chain length k is due for re-measurement; if so, the next
@@ -94,7 +131,6 @@ class Explorer:
             other = policy.expected_rate(j, upper) if k == 0 else policy.expected_rate(j)
             if k == 0 and (rate is None or other is None or other <= rate):
                 continue
-            # from plain decoding half as many: whether drafting pays at all, not which length
-            self.k, self.left, self._from = j, self.explore_rounds if k > 0 else self.explore_rounds // 2, k
+            self.k, self.left, self._from = j, self.rounds_for(policy, k, j), k
             return True
         return False

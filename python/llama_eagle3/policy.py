@@ -13,21 +13,21 @@ and the policy drafts argmax_k E(k) / (C(k) + E(k) * u) over 0..k_max (u: the co
 token); k = 0 is plain decoding. Every input is measured in this process, on this machine and
 backend: T(n) from the engine's own decodes (the median of the last 32 of each row count: a
 decode stalled by something else must not flip the decision; the first decode after a change of
-row count is left out, since llama.cpp rebuilds its graph then; T(1) is re-measured every
-t1_refresh_every verify rounds), so that a compute-bound CPU, where T(n) grows
+row count is left out, since llama.cpp rebuilds its graph then, and priced apart as costs.rebuild;
+T(1) is re-measured now and then while speculating, decide()), so that a compute-bound CPU, where T(n) grows
 with n, and a bandwidth-bound GPU, where T(n) ~ T(1), each get the right answer; c from the
 head's draft calls, o(n) from the wall time of whole rounds, alpha from recent rounds
 (acceptance.py: exponentially weighted, so a predictable stretch of text turns speculation on
 and a hard one turns it off). Where no chain can pay even at an optimistic bound on the
-acceptance (pays_nowhere), the engine hands generation to plain decoding (fallback.py); after
-each such stretch, recheck() measures the acceptance afresh with a probe every recheck_gap tokens.
+acceptance (pays_nowhere), or the head's verify rounds as run lost to plain decoding, the engine
+hands generation to plain decoding (fallback.py); after each such stretch, recheck() measures the acceptance afresh with a probe every recheck_gap tokens.
 
 Warm-up: the engine measures T(n) and c at start-up (calibration.py), so that no
 generation pays for warm-up rounds; without that, plain rounds run until T(1) is measured,
 then k_max until T(k_max + 1) and c are. Rows never measured are interpolated linearly
 between measured ones (extrapolated beyond them). While speculation is off, probes keep
 measuring alpha_1 (probes.py); lengths the policy is not drafting have their costs re-measured
-now and then (explore.py).
+now and then, spaced by what that costs (explore.py).
 
 Switching: a change of chain length changes the verify batch's row count, and llama.cpp
 rebuilds its compute graph for the new shape (on this project's CPU, SmolLM2: T(2) 23.0 ms on
@@ -63,8 +63,9 @@ class DraftPolicy:
     alpha_fade: float = 0.97     # ... and fade back towards the previous position's by this per unsampled round
     switch_margin: float = 0.03  # another chain length must beat the last one chosen by this (module docstring)
     graph_rebuilds: bool = False  # offloaded (CUDA graphs): start-up calibration warms each shape up twice
-    t1_refresh_every: int = 32   # verify rounds after which speculation pauses to re-measure T(1) (doubling,
-                                 # up to explorer.explore_every_max, while speculation still wins after one) ...
+    t1_refresh_every: int = 32   # verify rounds after which speculation pauses to re-measure T(1) (while
+                                 # speculation still wins after one: doubling, and spaced as explore.py spaces
+                                 # re-measurements, up to explorer.explore_every_max) ...
     t1_refresh_samples: int = 4  # ... with this many kept single-row decodes
     REDECIDE_EVERY: ClassVar[int] = 16  # single-row decodes (plain steps) after which decide() recomputes
     costs: CostTable = field(default_factory=CostTable)
@@ -109,6 +110,8 @@ class DraftPolicy:
         if rows > 1 or self._decode_samples >= self.REDECIDE_EVERY or self.costs.n(1) < 2:  # (warm-up)
             self._decision = None
         if switched and self.costs.n(rows) >= 2:
+            if not self.costs.provisional(rows):
+                self.costs.add_rebuild(rows, seconds)
             return
         if rows == 1:  # a plain step: positions past the first go unsampled (probes sample the first)
             for a in self._alpha[1:]:
@@ -126,8 +129,12 @@ class DraftPolicy:
             self._t1_streak += 1
         if refresh and self._t1_streak >= self.t1_refresh_samples:
             # speculation still beats plain decoding: the next refresh can wait twice as long
-            held = self.choose() > 0
-            self._t1_gap = min(2 * self._t1_gap, self.explorer.explore_every_max) if held else self.t1_refresh_every
+            k = self.choose()
+            if k > 0:  # spaced as re-measurements are (explore.py: budget)
+                spaced = self.explorer.budget_gap(self, k, self.detour_loss(k, 0, self.t1_refresh_samples + 1))
+                self._t1_gap = min(max(2 * self._t1_gap, spaced), self.explorer.explore_every_max)
+            else:
+                self._t1_gap = self.t1_refresh_every
             self._rounds_since_t1, self._decision = 0, None
 
     def observe_calibration_step(self, seconds: float) -> None:
@@ -215,6 +222,16 @@ class DraftPolicy:
         e = self.expected_tokens(k) if alpha is None else expected_tokens(lambda i: alpha, k)
         return e / (c + e * self.costs.consumer)
 
+    def detour_loss(self, k: int, j: int, rounds: int) -> Optional[float]:
+        """Seconds that `rounds` rounds of chain length j (0: plain steps) lose against as many
+        tokens at chain length k's rate, at the estimated acceptance, the two shape changes
+        included (costs.rebuild); None while a cost is unknown."""
+        rate, c = self.expected_rate(k), self.costs.round_cost(j)
+        if not rate or c is None:
+            return None
+        e = self.expected_tokens(j)
+        return rounds * max(c + e * self.costs.consumer - e / rate, 0.0) + 2 * self.costs.rebuild
+
     def _warming_up(self) -> bool:
         """T(1) not measured yet: plain rounds; T(k_max + 1) or c not yet: chains of k_max."""
         return self.costs.n(1) < 2 or self.costs.n(self.k_max + 1) < 2 or self.costs.step is None
@@ -222,13 +239,13 @@ class DraftPolicy:
     def decide(self) -> tuple[bool, int]:
         """(draft a tree?, chain length) for this round: choose_tree() and choose(), recomputed
         after any measurement but T(1)'s and every REDECIDE_EVERY plain steps (T(1) drifts
-        slowly; a plain step then costs no decision). Every t1_refresh_every verify rounds (doubling
-        while speculation still wins after a refresh), plain
-        steps until t1_refresh_samples T(1) samples are kept (the first step follows a shape change
-        and is not), which join the previous refresh's in place of the older ones: a start-up T(1)
-        that was off, or a machine that got faster, must not keep speculation on where plain
-        decoding is faster.
-        Costs ~5 plain steps per t1_refresh_every rounds."""
+        slowly; a plain step then costs no decision). After t1_refresh_every verify rounds, and
+        then after gaps that double while speculation still wins after a refresh and are at least
+        what spends explorer.budget of the time on refreshes (explore.py), plain steps until
+        t1_refresh_samples T(1) samples are kept (the first step follows a shape change and is
+        not), which join the previous refresh's in place of the older ones: a start-up T(1) that
+        was off, or a machine that got faster, must not keep speculation on where plain decoding
+        is faster. A refresh costs ~5 plain steps."""
         if self.adaptive and self._rounds_since_t1 >= self._t1_gap:
             return False, 0
         if self.explorer.left > 0:

@@ -77,7 +77,10 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
         if policy.adaptive:
             drafter.forget(OFF_WINDOW)
     if len(pending) == 1:
-        policy.observe_overhead(len(drafts) + 1, time.perf_counter() - t_round - decode_seconds - draft_seconds)
+        t_end = time.perf_counter()
+        policy.observe_overhead(len(drafts) + 1, t_end - t_round - decode_seconds - draft_seconds)
+        if drafts and source != "ngram":
+            engine.fallback.realized.add(len(committed), t_end - t_round)
         if policy.adaptive and (source != "ngram" and drafts or probe):
             engine.fallback.consider(policy)
     return committed, first_pos
