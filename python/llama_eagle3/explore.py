@@ -25,8 +25,8 @@ at the neighbour's rate instead of the chosen one's, and two shape changes), and
   of the time on re-measurements (budget_gap), up to explore_every_max. Where the choice is
   right, exploring then costs about `budget`. The first re-measurement keeps the fixed schedule:
   a cost taken under load, or interpolated, can make a neighbour look far worse than it is.
-Measured (policy_sim, the llama-8b shape's rows-of-4 table, 400 tokens): fixed 8-round
-re-measurements every 64 rounds cost 5.4% of the time at acceptance 0.9.
+Modelled (tests/policy_sim.py costs, the llama-8b shape's rows-of-4 table, 400 tokens): fixed
+8-round re-measurements every 64 rounds cost 5.4% of the time at acceptance 0.9.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class Explorer:
         held = mine is not None and theirs is not None and mine <= theirs
         gap = self._gap.get(rows, self.explore_every)
         if held:
-            spaced = self.budget_gap(policy, self._from, policy.detour_loss(self._from, self.k, self.rounds_for(policy, self._from, self.k)))
-            self._gap[rows] = min(max(2 * gap, spaced), self.explore_every_max)
+            loss = policy.detour_loss(self._from, self.k, self.rounds_for(policy, self._from, self.k))
+            self._gap[rows] = min(max(2 * gap, self.budget_gap(policy, self._from, loss)), self.explore_every_max)
         else:
             self._gap[rows] = self.explore_every
         self.k, self._fresh = 0, []
