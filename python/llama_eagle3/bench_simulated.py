@@ -236,7 +236,7 @@ def _alpha_summary(alphas: list[float], order: list[str], timing: dict[str, Timi
     bests = {spec.auto: max(["plain", *spec.fixed], key=lambda m: rate[m]) for spec in specs}
     best = bests[specs[0].auto]
     stats = {m: spec.stats[m].as_dict() for spec in specs for m in spec.names}
-    autos = {spec.auto: {k: stats[spec.auto][k] for k in ("rounds", "plain_steps", "probes", "drafted_at")}
+    autos = {spec.auto: {k: stats[spec.auto][k] for k in ("rounds", "plain_steps", "fallback_steps", "probes", "drafted_at")}
              for spec in specs}
     return {"simulated": True, "acceptance": alphas,
             "expected_tokens": {k: round(sim.expected_tokens(k), 4) for k in range(specs[0].k_max + 1)},
@@ -302,5 +302,6 @@ def print_simulated(s: dict, log=print) -> None:
         for name, au in a["autos"].items():
             log(f"best fixed shape: {a['best_fixed_per_drafter'][name]}; {name} / best fixed = "
                 f"{a['autos_vs_best_fixed'][name]:.3f} "
-                f"({name}: {au['rounds']} verify rounds, {au['plain_steps']} plain steps, drafts per position "
+                f"({name}: {au['rounds']} verify rounds, {au['plain_steps']} plain steps, {au['fallback_steps']} "
+                f"tokens in the plain fallback, drafts per position "
                 f"{au['drafted_at']})")
