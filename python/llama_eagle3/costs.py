@@ -13,8 +13,8 @@ All in seconds as measured in this process, on this machine and backend:
            whatever the method, so it dilutes speculation's gain (weighted mean)
     r      a shape change: what the first decode of a row count after another one costs over
            that row count's T(n) (llama.cpp rebuilds its compute graph for the new shape; on this
-           project's CPU, SmolLM2: T(2) 23.0 ms after a change against 17.7 steady), the median of
-           the last 16 such decodes. Not part of C(k): it prices switching, which re-measurements
+           project's CPU, SmolLM2: 0.6-1.2 ms, a first verify round after a change 2 ms above the
+           steady ones), the median of the last 16 such decodes. Not part of C(k): it prices switching, which re-measurements
            (explore.py) pay twice
 
 Medians, not means: one round stalled by something else (a page fault, another process) must not

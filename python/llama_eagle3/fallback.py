@@ -35,8 +35,9 @@ from .policy import DraftPolicy
 
 @dataclass
 class RealizedRounds:
-    """The head's recent verify rounds as run: tokens committed and wall seconds, judged against
-    plain decoding's measured time per token once per `window` rounds (module docstring)."""
+    """The head's recent chain verify rounds as run (rounds.chain_round; a tree's rounds are
+    priced by their measured gain, tree_price.py): tokens committed and wall seconds, judged
+    against plain decoding's measured time per token once per `window` rounds (module docstring)."""
     window: int = 32   # rounds judged together, in windows that do not overlap ...
     z: float = 2.0     # ... losing by more than z standard errors of their mean excess
     # (judged after every round, a sliding window of 16 at z = 1 would have tripped on chains that

@@ -36,7 +36,7 @@ rates are within a few percent made auto flip between them round after round and
 rebuild each time (simulated bench, acceptance 0.9: auto at 0.94 of the best fixed chain). So
 while it drafts, choose() keeps the chain length it chose last unless another beats it by
 `switch_margin` (between drafting and plain decoding it takes the better, as before). 1%: a
-shape change costs 1-2 ms there (costs.rebuild), 4-8% of a round, which a length 1% faster repays
+shape change costs 0.6-2 ms there (costs.rebuild), 2-8% of a round, which a length 1% faster repays
 within a few rounds; a 3% margin, with estimates whose noise is itself 2-3%, kept auto for hundreds
 of rounds on a chain 6% slower than the best (SmolLM2, simulated acceptance 0.95: 422 of 1118
 rounds on chains of 2; 10-prompt A/B at 0.9 / 0.95: 0.956 / 0.963 of the best fixed chain with
