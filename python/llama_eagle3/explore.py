@@ -99,9 +99,9 @@ class Explorer:
         """Verify rounds re-measuring chain length j next to the chosen k: the first (after the
         shape change) is not kept, and enough kept samples to tell a rate deficit d = 1 - rate(j)
         / rate(k) through decode times of relative spread `noise`: (noise / d)^2, at least 2."""
-        mine, theirs = policy.expected_rate(j), policy.expected_rate(k)
         if k == 0:
             return self.explore_rounds // 2  # from plain decoding: whether drafting pays at all
+        mine, theirs = policy.expected_rate(j), policy.expected_rate(k)
         if not mine or not theirs or mine >= theirs:
             return self.explore_rounds
         kept = math.ceil((self.noise / (1.0 - mine / theirs)) ** 2)

@@ -79,9 +79,9 @@ def chain_round(engine: "Engine", pending: list[int]) -> tuple[list[int], int]:
     if len(pending) == 1:
         t_end = time.perf_counter()
         policy.observe_overhead(len(drafts) + 1, t_end - t_round - decode_seconds - draft_seconds)
-        if drafts and source != "ngram":
-            engine.fallback.realized.add(len(committed), t_end - t_round)
         if policy.adaptive and (source != "ngram" and drafts or probe):
+            if drafts:
+                engine.fallback.realized.add(len(committed), t_end - t_round)
             engine.fallback.consider(policy)
     return committed, first_pos
 
